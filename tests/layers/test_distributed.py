@@ -1,0 +1,65 @@
+"""process_group: two gloo processes give what one process gets on the concatenated batch."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from timm_reid.layers import AIBN, TNorm
+
+WORLD = 2
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 3, 3, generator=g) * 2 + 1
+    dy = torch.randn(6, 4, 3, 3, generator=g)
+    camids = torch.tensor([0, 2, 2, 1, 0, 2])
+    targets = torch.tensor([1, 0, 1, 2, 2, 0])
+    return x, dy, camids, targets
+
+
+def layers(group=None):
+    torch.manual_seed(1)
+    aibn = AIBN(4, gate_init=0.3, process_group=group)
+    normalize = TNorm(4, 3, mode="normalize", process_group=group)
+    transform = TNorm(4, 3, process_group=group)
+    return aibn, normalize, transform
+
+
+def forward_backward(mods, x, dy, camids, targets):
+    aibn, normalize, transform = mods
+    x = x.clone().requires_grad_()
+    y = transform(normalize(aibn(x), camids), camids, convert=True, targets=targets)
+    y.backward(dy)
+    grads = torch.cat([aibn.gate.grad, aibn.weight.grad, normalize.weight.grad, normalize.bias.grad])
+    buffers = torch.cat([b.flatten() for m in mods for b in m.buffers()])
+    return y.detach(), x.grad, grads, buffers
+
+
+def worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    x, dy, camids, targets = batch()
+    part = slice(0, 2) if rank == 0 else slice(2, 6)  # uneven split: rank 0 has cameras 0 and 2 only
+    y, dx, grads, buffers = forward_backward(
+        layers(dist.group.WORLD), x[part], dy[part], camids[part], targets[part]
+    )
+    dist.all_reduce(grads)  # what DDP does to parameter gradients (as a sum)
+    torch.save({"y": y, "dx": dx, "grads": grads, "buffers": buffers}, os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_on_the_whole_batch():
+    x, dy, camids, targets = batch()
+    y, dx, grads, buffers = forward_backward(layers(), x, dy, camids, targets)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(os.path.join(tmp, "init"), tmp), nprocs=WORLD, join=True)
+        parts = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(WORLD)]
+    torch.testing.assert_close(torch.cat([p["y"] for p in parts]), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([p["dx"] for p in parts]), dx, atol=1e-5, rtol=1e-5)
+    for p in parts:
+        torch.testing.assert_close(p["grads"], grads, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(p["buffers"], buffers, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,167 @@
+"""Fast torch path: one autograd.Function with an analytic backward for AIBN-style normalization.
+
+The autograd graph of the reference formula keeps about ten activation-sized intermediates alive;
+this Function saves only the input and per-(n, c) statistics and computes the gradient in three
+passes over the activation (sum of dy, sum of dy * x, then dx).
+
+It covers every normalization of the library whose statistics carry gradients:
+
+* AIBN: one segment (the whole batch), gate ``w`` from the module's parameter;
+* TNorm ``mode="normalize"`` in training: one segment per camera and ``w = 1``.
+
+Forward math is the reference's own helpers (:mod:`timm_reid.layers.functional`), so there is no
+second copy of the formulas; the backward is derived in the docstring of :meth:`backward`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .functional import compute_dtype, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims
+
+__all__ = ["adaptive_norm"]
+
+
+class AdaptiveNormFunction(torch.autograd.Function):
+    """``y = weight * (x - mu) / sqrt(var + eps) + bias`` with gate-mixed instance/batch stats.
+
+    Inputs: ``x`` (N, C, H, W) or (N, H, W, C); ``weight``, ``bias`` (C,) or None; ``gate`` (1,)
+    raw (clamped to [0, 1] here; zero gradient outside); ``eval_mean``/``eval_var`` (C,) or (N, C)
+    batch-side statistics in eval mode, None in training (then computed from ``segments`` (N,)
+    int64 with ``num_segments`` segments, all-reduced over ``process_group`` if given).
+
+    Outputs: ``y`` and, for the running-statistics update, the per-segment batch statistics
+    ``(mean, var, count)`` (empty tensors in eval). Only ``y`` is differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, gate, eval_mean, eval_var, segments, num_segments, mix, eps, channels_last, process_group):
+        mean_in, var_in = instance_stats(x, channels_last)
+        cd = mean_in.dtype
+        training = eval_mean is None
+        if training:
+            seg_mean, seg_var, count = segment_stats(mean_in, var_in, segments, num_segments, process_group)
+            mean_b, var_b = rows(seg_mean, segments), rows(seg_var, segments)
+        else:
+            seg_mean = seg_var = count = mean_in.new_empty(0)
+            mean_b = eval_mean.to(cd).expand_as(mean_in)
+            var_b = eval_var.to(cd).expand_as(mean_in)
+        w = gate.to(cd).clamp(0, 1)
+        mean, var = mix_stats(mean_in, var_in, mean_b, var_b, w, mix)
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd if weight is None else rstd * weight.to(cd)
+        shift = -mean * scale if bias is None else bias.to(cd) - mean * scale
+        y = scale_shift(x, scale, shift, channels_last)
+
+        ctx.save_for_backward(x, weight, gate, mean_in, var_in, mean_b, var_b, mean, rstd, segments, count)
+        ctx.config = (training, num_segments, mix, channels_last, process_group, bias is not None)
+        ctx.mark_non_differentiable(seg_mean, seg_var, count)
+        return y, seg_mean, seg_var, count
+
+    @staticmethod
+    def backward(ctx, dy, *_):
+        """Chain rule through normalize -> mix -> batch stats -> instance stats.
+
+        With ``g = dy * weight``, ``xhat = (x - mu) * rstd``: ``dmu = -rstd * sum_L g``,
+        ``dvar = -rstd^2 / 2 * sum_L g * xhat``. The mix splits them into instance and batch parts
+        (``w`` to the batch side); batch stats ``mu_b = mean_n mu_in``,
+        ``var_b = mean_n(var_in) + mean_n((mu_in - mu_b)^2)`` give
+        ``dmu_in += (D_mu + 2 * D_var * (mu_in - mu_b)) / n_seg`` and ``dvar_in += D_var / n_seg``
+        where ``D`` are the batch-side gradients summed over the segment. Finally
+        ``dx = g * rstd + dmu_in / L + 2 * dvar_in * (x - mu_in) / (L - 1)``.
+        """
+        x, weight, gate, mean_in, var_in, mean_b, var_b, mean, rstd, segments, count = ctx.saved_tensors
+        training, num_segments, mix, channels_last, process_group, has_bias = ctx.config
+        cd = mean_in.dtype
+        dims = spatial_dims(channels_last)
+        L = x.shape[dims[0]] * x.shape[dims[1]]
+        xf, dyf = x.to(cd), dy.to(cd)
+
+        sum_dy = dyf.sum(dims)
+        sum_dy_xhat = (_sum_product(dyf, xf, channels_last) - mean * sum_dy) * rstd
+        wt = torch.ones_like(rstd[0]) if weight is None else weight.to(cd)
+        dmu = -rstd * wt * sum_dy
+        dvar = -0.5 * rstd * rstd * wt * sum_dy_xhat
+
+        w = gate.to(cd).clamp(0, 1)
+        if mix == "var":
+            d_inst_var, d_batch_var = dvar, dvar
+            gate_term = dvar * (var_b - var_in)
+        else:  # var = s^2 with s = (1-w) sqrt(var_in) + w sqrt(var_b)
+            s_in, s_b = var_in.sqrt(), var_b.sqrt()
+            ds = 2 * ((1 - w) * s_in + w * s_b) * dvar
+            d_inst_var = _safe_div(ds, 2 * s_in)
+            d_batch_var = _safe_div(ds, 2 * s_b)
+            gate_term = ds * (s_b - s_in)
+        dgate = None
+        if ctx.needs_input_grad[3]:
+            inside = ((gate >= 0) & (gate <= 1)).to(cd)
+            dgate = ((dmu * (mean_b - mean_in) + gate_term).sum() * inside).to(gate.dtype).reshape(gate.shape)
+
+        dmu_in = (1 - w) * dmu
+        dvar_in = (1 - w) * d_inst_var
+        if training:
+            seg_dmu = _segment_sum(w * dmu, segments, num_segments)
+            seg_dvar = _segment_sum(w * d_batch_var, segments, num_segments)
+            if process_group is not None:
+                import torch.distributed as dist
+
+                dist.all_reduce(seg_dmu, group=process_group)
+                dist.all_reduce(seg_dvar, group=process_group)
+            n_seg = rows(count.clamp(min=1), segments)[:, None]
+            seg_dvar = rows(seg_dvar, segments)
+            dmu_in = dmu_in + (rows(seg_dmu, segments) + 2 * seg_dvar * (mean_in - mean_b)) / n_seg
+            dvar_in = dvar_in + seg_dvar / n_seg
+
+        dx = None
+        if ctx.needs_input_grad[0]:
+            # dx = dy * A + x * B + c per (n, c): two fused passes, one allocation.
+            x_coef = 2 * dvar_in / (L - 1)
+            dx = torch.addcmul(per_channel(dmu_in / L - x_coef * mean_in, channels_last), xf, per_channel(x_coef, channels_last))
+            dx.addcmul_(dyf, per_channel(wt * rstd, channels_last))
+            dx = dx.to(x.dtype)
+        dweight = sum_dy_xhat.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        dbias = sum_dy.sum(0).to(dy.dtype) if has_bias and ctx.needs_input_grad[2] else None
+        return dx, dweight, dbias, dgate, None, None, None, None, None, None, None, None
+
+
+def _sum_product(a: Tensor, b: Tensor, channels_last: bool) -> Tensor:
+    """``sum_L a * b`` per (n, c) without an activation-sized temporary where the layout allows."""
+    n, c = a.shape[0], a.shape[3] if channels_last else a.shape[1]
+    if not channels_last and a.is_contiguous() and b.is_contiguous():
+        return torch.bmm(a.view(n * c, 1, -1), b.view(n * c, -1, 1)).view(n, c)
+    return (a * b).sum(spatial_dims(channels_last))
+
+
+def _segment_sum(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
+    return torch.nn.functional.one_hot(segments, num_segments).to(values.dtype).T @ values
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with 0 where ``den == 0`` (a constant feature map has no std gradient)."""
+    return torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+
+
+def adaptive_norm(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    gate: Tensor,
+    *,
+    eval_mean: Optional[Tensor] = None,
+    eval_var: Optional[Tensor] = None,
+    segments: Optional[Tensor] = None,
+    num_segments: int = 1,
+    mix: str = "var",
+    eps: float = 1e-5,
+    channels_last: bool = False,
+    process_group=None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Apply :class:`AdaptiveNormFunction`; returns ``(y, seg_mean, seg_var, seg_count)``."""
+    if eval_mean is None and segments is None:
+        segments = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return AdaptiveNormFunction.apply(
+        x, weight, bias, gate, eval_mean, eval_var, segments, num_segments, mix, eps, channels_last, process_group
+    )
