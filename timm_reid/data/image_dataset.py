@@ -1,0 +1,39 @@
+"""A map-style dataset over :class:`~timm_reid.data.layouts.Record` lists."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from timm_reid.data.layouts import Record
+
+__all__ = ["ImageDataset", "read_image"]
+
+
+def read_image(path: str) -> Image.Image:
+    """Load an image file as RGB."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ImageDataset(Dataset):
+    """Items ``(image, pid, camid, index)``; ``index`` is the position in ``records``.
+
+    The index lets training code attach per-sample pseudo labels or features. To train on
+    pseudo labels, build the dataset from ``relabel(records, labels)``.
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Callable | None = None):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        path, pid, camid = self.records[index]
+        image = read_image(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, pid, camid, index
