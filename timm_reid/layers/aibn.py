@@ -18,6 +18,10 @@ def inside_backward() -> bool:
 
     Layers skip their running-statistics update then, so recomputed forwards do not count twice.
     """
+    if torch.compiler.is_compiling():
+        # A compiled region replays recomputation inside its own backward graph, without forward
+        # side effects; asking autograd here would only break the graph.
+        return False
     return torch._C._current_graph_task_id() != -1
 
 

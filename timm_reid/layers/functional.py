@@ -174,13 +174,14 @@ def normalize_affine(
 
 
 def update_running(running: Tensor, stat: Tensor, momentum: float, rows: Optional[Tensor] = None) -> None:
-    """``running <- (1 - momentum) * running + momentum * stat`` (only ``rows`` if given)."""
+    """``running <- (1 - momentum) * running + momentum * stat`` (only the rows where the boolean
+    mask ``rows`` is set, if given)."""
     stat = stat.detach().to(running.dtype)
     with torch.no_grad():
         if rows is None:
             running.lerp_(stat, momentum)
-        else:
-            running[rows] = torch.lerp(running[rows], stat[rows], momentum)
+        else:  # a mask, not indexing: keeps shapes static for compile and export
+            running.copy_(torch.where(rows[:, None], torch.lerp(running, stat, momentum), running))
 
 
 def aibn(

@@ -154,7 +154,8 @@ class TNorm(nn.Module):
                 "pass one camera id per sample"
             )
         ids = ids.to(x.device)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_cameras):
+        # The range check reads values, which export/compile cannot trace: skipped while tracing.
+        if ids.numel() and not torch.compiler.is_compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_cameras):
             raise ValueError(
                 f"{self._owner}: {what} must lie in [0, {self.num_cameras - 1}], got values in "
                 f"[{int(ids.min())}, {int(ids.max())}]; camera ids are 0-based (Market 'c1' is 0) and "

@@ -1,0 +1,7 @@
+"""Models timm lacks, registered in timm's registry on import (`timm.create_model` finds them).
+
+`import timm_reid` imports this package, so `timm.create_model("convnext_iso_small")` works after it.
+"""
+from .convnext_iso import ConvNeXtIsotropic
+
+__all__ = ["ConvNeXtIsotropic"]
