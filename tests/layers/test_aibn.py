@@ -119,7 +119,8 @@ def test_gradcheck_float64(mix, training):
 
 def test_gate_clamped_with_zero_gradient_outside_unit_interval():
     x = torch.randn(4, 3, 4, 4)
-    for value, expect_zero in ((-0.2, True), (1.3, True), (0.5, False)):
+    # At exactly 0 and 1 torch.clamp's gradient (the reference's) is zero as well.
+    for value, expect_zero in ((-0.2, True), (1.3, True), (0.0, True), (1.0, True), (0.5, False)):
         layer = make_layer(3, gate=value).train()
         layer(x).pow(2).sum().backward()
         assert (layer.gate.grad.abs() == 0).item() == expect_zero, value

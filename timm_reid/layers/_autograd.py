@@ -97,7 +97,8 @@ class AdaptiveNormFunction(torch.autograd.Function):
             gate_term = ds * (s_b - s_in)
         dgate = None
         if ctx.needs_input_grad[3]:
-            inside = ((gate >= 0) & (gate <= 1)).to(cd)
+            # As torch.clamp's own gradient (the reference): zero outside (0, 1) and at its ends.
+            inside = ((gate > 0) & (gate < 1)).to(cd)
             dgate = ((dmu * (mean_b - mean_in) + gate_term).sum() * inside).to(gate.dtype).reshape(gate.shape)
 
         dmu_in = (1 - w) * dmu
@@ -117,9 +118,10 @@ class AdaptiveNormFunction(torch.autograd.Function):
 
         dx = None
         if ctx.needs_input_grad[0]:
-            # dx = dy * A + x * B + c per (n, c): two fused passes, one allocation.
+            # dx = dy * A + (x - mu_in) * B + c per (n, c). Centring before scaling matters: with a
+            # tiny instance variance B is huge and x * B + (c - B * mu_in) cancels catastrophically.
             x_coef = 2 * dvar_in / (L - 1)
-            dx = torch.addcmul(per_channel(dmu_in / L - x_coef * mean_in, channels_last), xf, per_channel(x_coef, channels_last))
+            dx = torch.addcmul(per_channel(dmu_in / L, channels_last), xf - per_channel(mean_in, channels_last), per_channel(x_coef, channels_last))
             dx.addcmul_(dyf, per_channel(wt * rstd, channels_last))
             dx = dx.to(x.dtype)
         dweight = sum_dy_xhat.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
