@@ -8,6 +8,8 @@ Public entries (same contracts as ``timm_reid.layers.functional``, plus ``proces
 * :func:`tnorm` - TNorm statistics, conversion and ``mode="normalize"`` (ops
   ``timm_reid::tnorm_statistics``, ``timm_reid::tnorm_convert``, ``timm_reid::channel_scale``).
 * :func:`tnorm_fanout` - eval conversion of every sample to every camera in one launch.
+* :func:`cross_camera_distance` - the IICS inter-camera distance ``1 - cos - mu * J * [cam_i !=
+  cam_j]`` as one tiled kernel (op ``timm_reid::cross_camera_distance``); :func:`weighted_jaccard`.
 
 ``process_group=`` (training): only the small per-segment statistics and their gradient sums are
 all-reduced between launches (:mod:`._distributed`, an eager ``autograd.Function``).
@@ -17,6 +19,7 @@ sees the kernels; under ``TRITON_INTERPRET=1`` they are opaque custom ops with f
 implementations). ``TRITON_INTERPRET`` is read when this package is first imported.
 """
 from .aibn import aibn
+from .jaccard import cross_camera_distance, weighted_jaccard
 from .tnorm import tnorm, tnorm_fanout
 
-__all__ = ["aibn", "tnorm", "tnorm_fanout"]
+__all__ = ["aibn", "cross_camera_distance", "tnorm", "tnorm_fanout", "weighted_jaccard"]
