@@ -1,5 +1,6 @@
 """timm-reid: camera-robust normalization (AIBN, TNorm) for person re-identification on timm."""
-from . import functional, layers, models  # models: registers convnext_iso_* in timm's registry
+from . import cluster, evaluation, functional, layers, models  # models: registers convnext_iso_*
+from .evaluation import evaluate, extract_features
 from .factory import create_model
 from .layers import AIBN, TNorm, cameras
 from .surgery import Description, PatchedLayer, describe, patch
@@ -12,8 +13,12 @@ __all__ = [
     "Description",
     "PatchedLayer",
     "cameras",
+    "cluster",
     "create_model",
     "describe",
+    "evaluate",
+    "evaluation",
+    "extract_features",
     "functional",
     "layers",
     "patch",

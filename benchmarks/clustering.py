@@ -1,0 +1,225 @@
+"""Clustering-side benchmarks: agglomerative vs sklearn, re-ranking vs a dense implementation,
+cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant).
+
+Every measurement runs in a fresh subprocess (time, and peak RSS growth over the inputs; see
+_memory.py) with --threads BLAS/OpenMP threads; rows are JSON lines with median / p20 / p80.
+
+    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard] [--reps 3] [--threads 1]
+
+Sizes: Market-1501 train (12,936 images) everywhere; agglomerative also at --large N (default
+24,000) for timm-reid only - MSMT17 train (32,621) needs 3 x 4.3 GB here (float32 input,
+condensed float64, SciPy's working copy) and sklearn about 18 bytes x N^2 beyond its input, more
+than this shared machine allows; the JSON rows record the sizes actually run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, quantiles  # noqa: E402
+from _memory import measure, run_isolated  # noqa: E402
+
+from timm_reid.cluster import agglomerative, rerank, weighted_jaccard  # noqa: E402
+
+MARKET_TRAIN, CAMERAS, CLASSES_PER_CAMERA = 12_936, 6, 600
+
+
+def planted_features(n: int, dim: int = 64, seed: int = 0):
+    """Unit features around n / 17 identity centres (Market: ~17 images per identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(1, n // 17), dim, generator=gen)
+    identity = torch.randint(0, centres.shape[0], (n,), generator=gen)
+    feats = centres[identity] + 0.9 * torch.randn(n, dim, generator=gen)
+    return torch.nn.functional.normalize(feats, dim=1)
+
+
+def cosine_distances(n: int) -> torch.Tensor:
+    feats = planted_features(n)
+    return torch.mm(feats, feats.t()).neg_().add_(1.0)
+
+
+def camera_scores(n: int) -> torch.Tensor:
+    """Concatenated per-camera softmax of a cosine classifier (scale 16) over 600 classes each."""
+    feats = planted_features(n)
+    gen = torch.Generator().manual_seed(1)
+    prototypes = torch.nn.functional.normalize(torch.randn(CAMERAS * CLASSES_PER_CAMERA, feats.shape[1], generator=gen), dim=1)
+    logits = 16.0 * feats @ prototypes.t()
+    return torch.softmax(logits.view(n, CAMERAS, CLASSES_PER_CAMERA), dim=-1).reshape(n, -1)
+
+
+# ---------------------------------------------------------------- baselines written out here
+
+
+def dense_rerank(dist: np.ndarray, k1=20, k2=6, lambda_value=0.3) -> np.ndarray:
+    """The dense reference approach: N x N float16 V and Jaccard, row loops with NumPy."""
+    n = dist.shape[0]
+    orig = dist - dist.min(axis=0)
+    orig = np.transpose(orig / orig.max(axis=0))
+    v = np.zeros_like(orig, dtype=np.float16)
+    rank = np.argsort(orig).astype(np.int32)
+    half = int(np.around(k1 / 2))
+    for i in range(n):
+        forward = rank[i, :k1 + 1]
+        own = forward[np.where(rank[forward, :k1 + 1] == i)[0]]
+        expanded = own
+        for j in own:
+            cand_forward = rank[j, :half + 1]
+            cand = cand_forward[np.where(rank[cand_forward, :half + 1] == j)[0]]
+            if len(np.intersect1d(cand, own)) > 2 / 3 * len(cand):
+                expanded = np.append(expanded, cand)
+        expanded = np.unique(expanded)
+        weight = np.exp(-orig[i, expanded])
+        v[i, expanded] = weight / weight.sum()
+    if k2 != 1:
+        v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)]).astype(np.float16)
+    del rank
+    inverted = [np.where(v[:, i] != 0)[0] for i in range(n)]
+    jaccard = np.zeros_like(orig, dtype=np.float16)
+    for i in range(n):
+        shared = np.zeros(n, dtype=np.float16)
+        nonzero = np.where(v[i] != 0)[0]
+        for k in nonzero:
+            shared[inverted[k]] += np.minimum(v[i, k], v[inverted[k], k])
+        jaccard[i] = 1 - shared / (2 - shared)
+    jaccard[jaccard < 0] = 0
+    return jaccard * (1 - lambda_value) + orig * lambda_value
+
+
+def jaccard_row_loop(scores: torch.Tensor) -> torch.Tensor:
+    """The reference loop: one row against all rows at a time."""
+    n = scores.shape[0]
+    out = torch.zeros(n, n)
+    for i in range(n):
+        abs_sub = (scores[i] - scores).abs()
+        both = scores[i] + scores
+        out[i] = ((both - abs_sub).sum(1) / 2) / ((both + abs_sub).sum(1) / 2)
+    return out
+
+
+def sklearn_average(dist: np.ndarray, n_clusters: int) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering
+
+    return AgglomerativeClustering(n_clusters=n_clusters, metric="precomputed",
+                                   linkage="average").fit_predict(dist)
+
+
+# ---------------------------------------------------------------- workers (one per process)
+
+
+def work_agglomerative(method: str, n: int) -> dict:
+    dist = cosine_distances(n)
+    clusters = max(2, n // 17)
+    if method == "sklearn":
+        array = dist.numpy()
+        labels, seconds, peak = measure(lambda: sklearn_average(array, clusters))
+    else:
+        labels, seconds, peak = measure(lambda: agglomerative(dist, n_clusters=clusters))
+    return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1,
+            "labels_head": labels[:2000].tolist()}
+
+
+def work_rerank(method: str, n: int) -> dict:
+    dist = cosine_distances(n)
+    if method == "dense_numpy":
+        array = dist.numpy()
+        out, seconds, peak = measure(lambda: dense_rerank(array))
+        out = torch.from_numpy(np.asarray(out, dtype=np.float32))
+    else:
+        dtype = torch.float16 if method == "timm_reid_fp16" else torch.float32
+        out, seconds, peak = measure(lambda: rerank(dist, dtype=dtype))
+    sample = out[:16].float()
+    return {"seconds": seconds, "peak_bytes": peak, "sample": sample.numpy().round(6).tolist()}
+
+
+def work_jaccard(method: str, n: int) -> dict:
+    scores = camera_scores(n)
+    if method == "row_loop":
+        out, seconds, peak = measure(lambda: jaccard_row_loop(scores))
+    elif method == "exact_chunked":
+        out, seconds, peak = measure(lambda: weighted_jaccard(scores))
+    else:
+        k = int(method.split("_")[1])
+        out, seconds, peak = measure(lambda: weighted_jaccard(scores, topk=k))
+    rows = min(n, 256)
+    return {"seconds": seconds, "peak_bytes": peak, "head": out[:rows, :2000].numpy().tolist()}
+
+
+WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard}
+
+
+def bench(kind: str, plans, reps: int, threads: int):
+    runs = {plan: [] for plan in plans}
+    for _ in range(reps):
+        for method, n in plans:
+            runs[(method, n)].append(run_isolated(__file__, [kind, method, str(n)], threads))
+    return runs
+
+
+def summary(kind, method, n, rows, threads, **extra):
+    emit({"bench": kind, "method": method, "n": n, **quantiles([r["seconds"] for r in rows]),
+          "peak_mb_median": float(np.median([r["peak_bytes"] for r in rows])) / 2**20,
+          "reps": len(rows), "worker_threads": threads, **extra})
+
+
+def agglomerative_rows(args):
+    plans = [("sklearn", MARKET_TRAIN), ("timm_reid", MARKET_TRAIN), ("timm_reid", args.large)]
+    runs = bench("agglomerative", plans, args.reps, args.threads)
+    from sklearn.metrics import adjusted_rand_score
+
+    reference = runs[("sklearn", MARKET_TRAIN)][0]["labels_head"]
+    for (method, n), rows in runs.items():
+        extra = {"condensed_float64_mb": n * (n - 1) / 2 * 8 / 2**20}
+        if n == MARKET_TRAIN:
+            extra["ari_vs_sklearn_first2000"] = adjusted_rand_score(reference, rows[0]["labels_head"])
+        summary("agglomerative", method, n, rows, args.threads, **extra)
+
+
+def rerank_rows(args):
+    plans = [("dense_numpy", MARKET_TRAIN), ("timm_reid", MARKET_TRAIN), ("timm_reid_fp16", MARKET_TRAIN)]
+    runs = bench("rerank", plans, args.reps, args.threads)
+    reference = np.array(runs[("dense_numpy", MARKET_TRAIN)][0]["sample"])
+    for (method, n), rows in runs.items():
+        diff = float(np.abs(np.array(rows[0]["sample"]) - reference).max())
+        summary("rerank", method, n, rows, args.threads, max_abs_diff_vs_dense_first16rows=diff)
+
+
+def jaccard_rows(args):
+    n = args.jaccard_n
+    plans = [("row_loop", n), ("exact_chunked", n)] + [(f"topk_{k}", n) for k in (16, 64, 256)]
+    plans += [(f"topk_{k}", MARKET_TRAIN) for k in (16, 64)]
+    runs = bench("jaccard", plans, args.reps, args.threads)
+    exact = np.array(runs[("exact_chunked", n)][0]["head"])
+    for (method, size), rows in runs.items():
+        extra = {"scores": CAMERAS * CLASSES_PER_CAMERA}
+        if size == n:
+            error = np.array(rows[0]["head"])[:, :n] - exact[:, :n]
+            extra.update(max_abs_error=float(np.abs(error).max()), mean_abs_error=float(np.abs(error).mean()))
+        summary("jaccard", method, size, rows, args.threads, **extra)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="agglomerative,rerank,jaccard")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--large", type=int, default=24_000)
+    parser.add_argument("--jaccard-n", type=int, default=2_000)
+    parser.add_argument("--worker", nargs=3)
+    args = parser.parse_args()
+    if args.worker:
+        kind, method, n = args.worker
+        print(json.dumps(WORKERS[kind](method, int(n))))
+        return
+    rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows}
+    for kind in args.only.split(","):
+        rows[kind](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Pseudo-label clustering for unsupervised ReID: re-ranking, agglomerative clustering, and the
+IICS intra-/inter-camera steps with the cross-camera weighted Jaccard term.
+
+Everything accepts torch tensors or NumPy arrays and keeps memory to the output plus O(N * k)
+(see each module's docstring for the exact accounting).
+"""
+
+from .agglomerative import agglomerative, drop_singleton_clusters, quantile_threshold
+from .camera import IntraCameraClusters, cluster_inter_camera, cluster_intra_camera
+from .cross_camera import cross_camera_distance, weighted_jaccard
+from .reranking import rerank, rerank_blocks
+
+__all__ = [
+    "IntraCameraClusters",
+    "agglomerative",
+    "cluster_inter_camera",
+    "cluster_intra_camera",
+    "cross_camera_distance",
+    "drop_singleton_clusters",
+    "quantile_threshold",
+    "rerank",
+    "rerank_blocks",
+    "weighted_jaccard",
+]

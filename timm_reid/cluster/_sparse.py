@@ -1,0 +1,99 @@
+"""Pairwise sums of element-wise minima between sparse non-negative rows.
+
+Both the k-reciprocal Jaccard distance (Zhong et al. 2017) and the top-k cross-camera weighted
+Jaccard need `M[i, j] = sum_k min(A[i, k], B[j, k])` for sparse `A`, `B`. Only the coordinates `k`
+where both rows are non-zero contribute, so the sum is gathered through an inverted index of `B`
+(for every column `k`, the rows `j` with `B[j, k] > 0`): cost is the number of such (i, j, k)
+triples, memory one dense output block plus a bounded number of triples at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# At most this many (i, j, k) triples are expanded at once (~4 M: 3 int64 + 1 float32 each), and
+# the dense rows they scatter into stay within ~8 MB so the scattered adds hit the cache.
+_MAX_TRIPLES = 1 << 22
+_MAX_SCATTER_ELEMENTS = 1 << 21
+
+
+@dataclass
+class SparseRows:
+    """A sparse (num_rows, num_cols) matrix in compressed form along its rows.
+
+    `ptr[r]:ptr[r+1]` delimit row `r`'s entries in `index` (their column) and `value`. The same
+    structure read "by column" (built with `by_column`) is the inverted index.
+    """
+
+    ptr: torch.Tensor
+    index: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def from_coo(cls, rows, cols, values, num_rows: int) -> "SparseRows":
+        """Compress (row, col, value) triples; entries of one row keep their column order."""
+        order = torch.argsort(rows * (int(cols.max()) + 1 if cols.numel() else 1) + cols)
+        rows, cols, values = rows[order], cols[order], values[order]
+        counts = torch.bincount(rows, minlength=num_rows)
+        ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+        ptr[1:] = torch.cumsum(counts, 0)
+        return cls(ptr, cols, values)
+
+    @classmethod
+    def by_column(cls, rows, cols, values, num_cols: int) -> "SparseRows":
+        return cls.from_coo(cols, rows, values, num_cols)
+
+    def row_lengths(self) -> torch.Tensor:
+        return self.ptr[1:] - self.ptr[:-1]
+
+
+def _row_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, max_rows: int):
+    """Split rows [start, stop) into runs of at most `max_rows` rows and `_MAX_TRIPLES` triples."""
+    entry_cost = right_by_col.row_lengths()[left.index[left.ptr[start]:left.ptr[stop]]]
+    cumulative = torch.zeros(entry_cost.numel() + 1, dtype=torch.long, device=entry_cost.device)
+    cumulative[1:] = torch.cumsum(entry_cost, 0)
+    row_cost_end = cumulative[(left.ptr[start + 1:stop + 1] - left.ptr[start])].tolist()
+    chunk_start, consumed = start, 0
+    for row, cost_end in enumerate(row_cost_end, start=start):
+        too_big = cost_end - consumed > _MAX_TRIPLES or row - chunk_start >= max_rows
+        if too_big and row > chunk_start:
+            yield chunk_start, row
+            chunk_start = row
+            consumed = row_cost_end[row - 1 - start]
+    yield chunk_start, stop
+
+
+def expand_rows(matrix: SparseRows, which: torch.Tensor):
+    """Entries of rows `which` of `matrix`, concatenated: `(owner, slot)` with `owner[t]` the
+    position in `which` the entry came from and `slot[t]` its position in `matrix.index/value`."""
+    counts = matrix.row_lengths()[which]
+    owner = torch.repeat_interleave(torch.arange(which.numel(), device=which.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    slot = matrix.ptr[which][owner] + torch.arange(owner.numel(), device=which.device) - first[owner]
+    return owner, slot
+
+
+def min_sums(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, num_right: int):
+    """Dense float32 block `M[i - start, j] = sum_k min(left[i, k], right[j, k])`, i in [start, stop).
+
+    `right_by_col` is the right matrix compressed by column (its inverted index). CPU sums are
+    deterministic; on CUDA `index_add_` uses atomics, so the last bits may vary between runs.
+    """
+    out = torch.zeros(stop - start, num_right, dtype=torch.float32, device=left.ptr.device)
+    flat = out.view(-1)
+    max_rows = max(1, _MAX_SCATTER_ELEMENTS // num_right)
+    for lo, hi in _row_chunks(left, right_by_col, start, stop, max_rows):
+        entries = torch.arange(int(left.ptr[lo]), int(left.ptr[hi]), device=flat.device)
+        if entries.numel() == 0:
+            continue
+        entry_rows = torch.repeat_interleave(
+            torch.arange(lo, hi, device=flat.device), left.row_lengths()[lo:hi]
+        )
+        owner, slot = expand_rows(right_by_col, left.index[entries])
+        mins = torch.minimum(
+            left.value[entries][owner].float(), right_by_col.value[slot].float()
+        )
+        flat.index_add_(0, (entry_rows[owner] - start) * num_right + right_by_col.index[slot], mins)
+    return out
