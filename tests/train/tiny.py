@@ -1,0 +1,14 @@
+"""Tiny settings shared by the pipeline tests."""
+
+TINY_DATA = dict(num_identities=12, num_test_identities=8, num_cameras=3, num_distractors=3,
+                 image_size=(64, 32))
+
+
+def tiny_argv(output, *extra):
+    """Options of a 1-round run that takes seconds: timm's 0.2M-parameter test_convnext at 64x32
+    with the demo's AIBN/TNorm placement, 1 epoch per stage, no evaluation between rounds."""
+    return ["--preset", "demo", "--output", str(output), "--model", "test_convnext", "--eval-every", "0",
+            "--rounds", "1", "--intra-epochs", "1", "--inter-epochs", "1", "--intra-clusters", "8",
+            "--inter-clusters", "14", "--intra-batch-size", "8", "--batch-size", "16", "--num-instances", "4",
+            "--test-batch-size", "64", "--threads", "1", "--k1", "6", "--k2", "3", "--no-progress", "--no-plots",
+            *extra]

@@ -1,0 +1,270 @@
+"""The two stages of one round: clustering into pseudo labels, then training on them.
+
+Intra stage (IICS Sec. 3.1): per camera, cluster the camera's images; one classifier head per
+camera; each step takes one group of images from every camera and sums the cameras'
+cross-entropies. Inter stage (IICS Sec. 3.2): cluster all images with
+``1 - cos - mu * J * [cam_i != cam_j]``, J the weighted Jaccard similarity of the intra heads'
+concatenated softmax scores; one head; cross-entropy + batch-hard triplet on P x K batches.
+IIDS options: two augmented views, the second forwarded with TNorm style conversion with
+probability ``convert_prob``, distilled from the first (soft cross-entropy, soft triplet).
+"""
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
+from timm_reid.data import CameraBatchSampler, ImageDataset, RandomIdentitySampler
+from timm_reid.evaluation import extract_features
+from timm_reid.train.diagnostics import cluster_quality, label_stats
+from timm_reid.train.losses import soft_cross_entropy, soft_triplet_loss, triplet_loss
+from timm_reid.train.model import build_optimizer
+
+
+class TwoViews:
+    """Apply a random transform twice: the two augmented views of IIDS self-distillation."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
+
+
+def extract(net, records, *, transform, batch_size, workers, normalize=True, camera_aggregate=False,
+            num_cameras=None, progress=False):
+    """Flip-averaged features of ``records`` as numpy arrays ``(features, pids, camids)``."""
+    loader = DataLoader(ImageDataset(records, transform), batch_size=batch_size, num_workers=workers)
+    feats, pids, camids = extract_features(net, loader, flip=True, normalize=normalize,
+                                           camera_aggregate=camera_aggregate, num_cameras=num_cameras,
+                                           progress=progress)
+    return feats.numpy(), pids.numpy(), camids.numpy()
+
+
+def l2_normalize(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def center_per_camera(features, camids):
+    """Subtract each camera's mean feature, then L2-normalise (camera-aware centring)."""
+    out = features.copy()
+    for c in np.unique(camids):
+        out[camids == c] -= out[camids == c].mean(0, keepdims=True)
+    return l2_normalize(out)
+
+
+@torch.no_grad()
+def head_scores(net, raw_features):
+    """Concatenated softmax of all (per-camera) heads on the raw pooled features."""
+    was_training = net.training
+    net.eval()
+    x = torch.as_tensor(raw_features, dtype=torch.float32, device=next(net.parameters()).device)
+    scores = torch.cat([F.softmax(head(x), 1) for head in net.heads], 1)
+    net.train(was_training)
+    return scores.cpu().numpy()
+
+
+def clustering_features(net, train, *, transform, batch_size, workers, center, progress):
+    """Raw pooled features (for head scores) and the L2-normalised, optionally camera-centred
+    features that are clustered."""
+    raw, pids, camids = extract(net, train, transform=transform, batch_size=batch_size, workers=workers,
+                                normalize=False, progress=progress)
+    feats = l2_normalize(raw)
+    if center:
+        feats = center_per_camera(feats, camids)
+    return raw, feats, pids, camids
+
+
+def _clustering_target(n_clusters, threshold_quantile):
+    if threshold_quantile is not None:
+        return {"n_clusters": None, "threshold_quantile": threshold_quantile}
+    return {"n_clusters": n_clusters, "threshold_quantile": None}
+
+
+# ------------------------------------------------------------------------------------------------ intra
+
+def run_intra_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
+                    center, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
+                    epochs, batch_size, joint_forward, opt, lr, backbone_lr_mult, weight_decay, momentum,
+                    self_distill, convert_prob, seed, progress, desc="intra"):
+    """Cluster each camera, build per-camera heads, train ``epochs``; returns a record of the stage."""
+    t0 = time.time()
+    _, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
+                                                 workers=workers, center=center, progress=progress)
+    t1 = time.time()
+    result = cluster_intra_camera(feats, camids, k1=k1, k2=k2, lambda_value=lambda_value, rerank=rerank,
+                                  drop_singletons=drop_singletons,
+                                  **_clustering_target(n_clusters, threshold_quantile))
+    labels = result.labels.numpy()
+    sizes = [result.counts.get(c, 0) for c in range(num_cameras)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    net.set_heads(sizes)
+    record = {"intra_clusters": sizes, **intra_quality(labels, pids, camids)}
+    t2 = time.time()
+
+    keep = labels >= 0
+    recs = [r._replace(pid=int(lab - offsets[r.camid])) for r, lab, k in zip(train, labels, keep) if k]
+    loader = intra_loader(recs, TwoViews(train_transform) if self_distill > 0 else train_transform,
+                          images_per_camera=batch_size, workers=workers, seed=seed)
+    optimizer = build_optimizer(net, opt=opt, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                                weight_decay=weight_decay, momentum=momentum)
+    losses = []
+    for epoch in range(epochs):
+        loader.batch_sampler.set_epoch(epoch)
+        losses.append(train_intra_epoch(net, loader, optimizer, joint_forward=joint_forward,
+                                        self_distill=self_distill, convert_prob=convert_prob, progress=progress,
+                                        desc=f"{desc} epoch {epoch + 1}/{epochs}"))
+    record["intra_loss"] = float(np.mean(losses)) if losses else None
+    record["intra_seconds"] = {"features": round(t1 - t0, 1), "cluster": round(t2 - t1, 1),
+                               "train": round(time.time() - t2, 1)}
+    return record
+
+
+def intra_loader(records, transform, *, images_per_camera, workers, seed):
+    """Batches holding ``images_per_camera`` images of every camera (fewer when a camera has fewer
+    labelled images), cameras in increasing order."""
+    camids = [r.camid for r in records]
+    smallest = min(np.bincount(camids)[np.unique(camids)])
+    sampler = CameraBatchSampler(camids, images_per_camera=min(images_per_camera, int(smallest)), seed=seed)
+    return DataLoader(ImageDataset(records, transform), batch_sampler=sampler, num_workers=workers)
+
+
+def intra_quality(labels, pids, camids):
+    """Mean over cameras of NMI / ARI / purity against the true identities, and singletons."""
+    out = {"intra_singletons": 0}
+    scores = {"nmi": [], "ari": [], "purity": []}
+    for c in np.unique(camids):
+        m = camids == c
+        out["intra_singletons"] += label_stats(labels[m])["singletons"]
+        for k, v in cluster_quality(pids[m], labels[m]).items():
+            scores[k].append(v)
+    out.update({f"intra_{k}": float(np.mean(v)) for k, v in scores.items() if v})
+    out["intra_dropped"] = int((labels < 0).sum())
+    return out
+
+
+def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, convert_prob, progress, desc):
+    """One pass over camera-grouped batches; the loss is the sum over cameras of each camera head's
+    cross-entropy on that camera's images (reference ``IntraCameraTrainer``). Cameras are forwarded
+    one by one (reference), or in one forward with ``joint_forward`` (identical unless the backbone
+    couples samples across cameras, as AIBN's batch statistics do). Returns the mean loss."""
+    device = next(net.parameters()).device
+    net.train()
+    total, steps = 0.0, 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for images, labels, camids, _ in bar:
+        labels, camids = labels.to(device), camids.to(device)
+        views = [v.to(device) for v in images] if self_distill > 0 else [images.to(device)]
+        convert = self_distill > 0 and bool(torch.rand(()) < convert_prob)
+        feats = [_forward_by_camera(net, v, camids, joint_forward, convert=(i == 1 and convert))
+                 for i, v in enumerate(views)]
+        loss = 0.0
+        for c in torch.unique(camids).tolist():
+            m = camids == c
+            logits = net.heads[c](feats[0][m])
+            loss = loss + F.cross_entropy(logits, labels[m])
+            if self_distill > 0:
+                loss = loss + self_distill * soft_cross_entropy(net.heads[c](feats[1][m]), logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+        bar.set_postfix(loss=f"{total / steps:.3f}")
+    return total / max(steps, 1)
+
+
+def _forward_by_camera(net, images, camids, joint, convert=False):
+    """Pooled features of a camera-grouped batch: one forward per camera, or one for all."""
+    if joint:
+        return net(images, camids=camids, convert=convert)
+    order = torch.argsort(camids, stable=True)
+    parts = [net(images[idx], camids=camids[idx], convert=convert)
+             for idx in torch.split(order, torch.bincount(camids[order]).tolist()) if len(idx)]
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+# ------------------------------------------------------------------------------------------------ inter
+
+def run_inter_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
+                    center, mu, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
+                    epochs, batch_size, num_instances, opt, lr, backbone_lr_mult, weight_decay, momentum,
+                    margin, triplet_weight, self_distill, convert_prob, seed, progress, desc="inter"):
+    """Cluster all images across cameras, build one head, train ``epochs``; returns a stage record.
+
+    The Jaccard term needs the per-camera heads of an intra stage just run; without them (e.g.
+    ``--stages inter``) it is off and ``inter_mu`` is recorded as 0.
+    """
+    t0 = time.time()
+    raw, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
+                                                   workers=workers, center=center, progress=progress)
+    t1 = time.time()
+    use_jaccard = mu > 0 and len(net.heads) == num_cameras and num_cameras > 1
+    scores = head_scores(net, raw) if use_jaccard else np.zeros((len(raw), 1), np.float32)
+    labels = cluster_inter_camera(feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=k1, k2=k2,
+                                  lambda_value=lambda_value, rerank=rerank, drop_singletons=drop_singletons,
+                                  **_clustering_target(n_clusters, threshold_quantile)).numpy()
+    record = {"inter_mu": mu if use_jaccard else 0.0,
+              **{f"inter_{k}": v for k, v in label_stats(labels, camids).items()},
+              **{f"inter_{k}": v for k, v in cluster_quality(pids, labels).items()}}
+    num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    if num_classes * num_instances < batch_size:
+        raise RuntimeError(f"inter-camera clustering gave {num_classes} clusters, too few for batches of "
+                           f"{batch_size // num_instances} identities; lower --inter-threshold-quantile, raise "
+                           "--inter-clusters or lower --batch-size")
+    net.set_heads([num_classes])
+    t2 = time.time()
+
+    recs = [r._replace(pid=int(lab)) for r, lab in zip(train, labels) if lab >= 0]
+    sampler = RandomIdentitySampler([r.pid for r in recs], num_instances=num_instances, batch_size=batch_size,
+                                    seed=seed)
+    transform = TwoViews(train_transform) if self_distill > 0 else train_transform
+    loader = DataLoader(ImageDataset(recs, transform), batch_size=batch_size, sampler=sampler,
+                        num_workers=workers, drop_last=True)
+    optimizer = build_optimizer(net, opt=opt, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                                weight_decay=weight_decay, momentum=momentum)
+    ce, tri = [], []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        c, t = train_inter_epoch(net, loader, optimizer, margin=margin, triplet_weight=triplet_weight,
+                                 self_distill=self_distill, convert_prob=convert_prob, progress=progress,
+                                 desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        ce.append(c)
+        tri.append(t)
+    record["inter_ce_loss"] = float(np.mean(ce)) if ce else None
+    record["inter_triplet_loss"] = float(np.mean(tri)) if tri else None
+    record["inter_seconds"] = {"features": round(t1 - t0, 1), "cluster": round(t2 - t1, 1),
+                               "train": round(time.time() - t2, 1)}
+    return record
+
+
+def train_inter_epoch(net, loader, optimizer, *, margin, triplet_weight, self_distill, convert_prob, progress,
+                      desc):
+    """One pass over P x K batches: cross-entropy of the head + batch-hard triplet on pooled
+    features (reference ``InterCameraTrainer``). Returns mean (cross-entropy, triplet) losses."""
+    device = next(net.parameters()).device
+    net.train()
+    head = net.heads[0]
+    ce_sum, tri_sum, steps = 0.0, 0.0, 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for images, labels, camids, _ in bar:
+        labels, camids = labels.to(device), camids.to(device)
+        view1 = (images[0] if self_distill > 0 else images).to(device)
+        f1 = net(view1, camids=camids)
+        logits1 = head(f1)
+        ce = F.cross_entropy(logits1, labels)
+        tri = triplet_loss(f1, labels, margin=margin)
+        loss = ce + triplet_weight * tri
+        if self_distill > 0:
+            convert = bool(torch.rand(()) < convert_prob)
+            f2 = net(images[1].to(device), camids=camids, convert=convert)
+            loss = loss + self_distill * (soft_cross_entropy(head(f2), logits1) + soft_triplet_loss(f2, f1, labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ce_sum, tri_sum, steps = ce_sum + ce.item(), tri_sum + tri.item(), steps + 1
+        bar.set_postfix(ce=f"{ce_sum / steps:.3f}", tri=f"{tri_sum / steps:.3f}")
+    return ce_sum / max(steps, 1), tri_sum / max(steps, 1)
