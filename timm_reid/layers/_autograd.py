@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import compute_dtype, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims
+from .functional import compute_dtype, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
 
 __all__ = ["adaptive_norm"]
 
@@ -79,7 +79,7 @@ class AdaptiveNormFunction(torch.autograd.Function):
         L = x.shape[dims[0]] * x.shape[dims[1]]
         xf, dyf = x.to(cd), dy.to(cd)
 
-        sum_dy = dyf.sum(dims)
+        sum_dy = spatial_sum(dyf, channels_last)
         sum_dy_xhat = (_sum_product(dyf, xf, channels_last) - mean * sum_dy) * rstd
         wt = torch.ones_like(rstd[0]) if weight is None else weight.to(cd)
         dmu = -rstd * wt * sum_dy
@@ -134,7 +134,7 @@ def _sum_product(a: Tensor, b: Tensor, channels_last: bool) -> Tensor:
     n, c = a.shape[0], a.shape[3] if channels_last else a.shape[1]
     if not channels_last and a.is_contiguous() and b.is_contiguous():
         return torch.bmm(a.view(n * c, 1, -1), b.view(n * c, -1, 1)).view(n, c)
-    return (a * b).sum(spatial_dims(channels_last))
+    return spatial_sum(a * b, channels_last)
 
 
 def _segment_sum(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
