@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import compute_dtype, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
+from .functional import instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
 
 __all__ = ["adaptive_norm"]
 
