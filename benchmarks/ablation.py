@@ -62,12 +62,14 @@ DATA = dict(synthetic_cameras=4, synthetic_identities=32, synthetic_test_identit
 # intra step, 16 x 4 inter batches) shrunk to 2 rounds. Cluster counts follow the demo preset's
 # ratios to the dataset size (intra ~ identities seen per camera, inter ~ 1.2 x train identities);
 # they are not the true counts of any particular seed (no oracle).
-SCHEDULE = dict(rounds=2, intra_epochs=1, inter_epochs=2, intra_clusters=22, inter_clusters=40, eval_every=0)
+SCHEDULE = dict(rounds=8, intra_epochs=1, inter_epochs=2, intra_clusters=22, inter_clusters=40, eval_every=0,
+                head_init="centroid")
 
 MODELS = ("convnext_atto", "resnet10t")
 SEEDS = (0, 1, 2)
 
-BASE = dict(stages=("intra", "inter"), aibn=(3, 4), tnorm=(1, 2, 3), center=False, mu0=0.02, style=1.0)
+BASE = dict(stages=("intra", "inter"), aibn=(3, 4), tnorm=(1, 2, 3), tnorm_mode="normalize", iids=False,
+            center=True, mu0=0.02, style=1.0)
 PLAIN = dict(BASE, aibn=(), tnorm=())
 
 
@@ -77,7 +79,7 @@ def _cfg(**changes):
 
 STUDIES = {
     "stages": {
-        "title": "Study 1 - training stages (AIBN 3-4, TNorm 1-2-3, weak style)",
+        "title": "Study 1 - training stages (AIBN 3-4, TNorm 1-2-3, centring, weak style)",
         "rows": [
             ("untrained", dict(BASE, untrained=True)),
             ("intra only", _cfg(stages=("intra",))),
@@ -86,7 +88,7 @@ STUDIES = {
         ],
     },
     "aibn": {
-        "title": "Study 2 - AIBN placement (TNorm after 1-2-3, weak style)",
+        "title": "Study 2 - AIBN placement (TNorm after 1-2-3, centring, weak style)",
         "rows": [
             ("none", _cfg(aibn=())),
             ("all (1-2-3-4)", _cfg(aibn=(1, 2, 3, 4))),
@@ -97,26 +99,27 @@ STUDIES = {
         ],
     },
     "tnorm": {
-        "title": "Study 3 - TNorm placement (AIBN in 3-4, weak style)",
+        "title": "Study 3 - TNorm placement (AIBN in 3-4, centring, weak style)",
         "rows": [
             ("none", _cfg(tnorm=())),
             ("after 1", _cfg(tnorm=(1,))),
             ("1-2", _cfg(tnorm=(1, 2))),
             ("1-2-3", dict(BASE)),
             ("1-2-3-4", _cfg(tnorm=(1, 2, 3, 4))),
+            ("1-2-3, IIDS transform + conversion", _cfg(tnorm_mode="transform", iids=True)),
         ],
     },
     "camera": {
         "title": "Study 4 - camera-aware step (weak style)",
         "rows": [
-            ("none", dict(PLAIN)),
-            ("per-camera centring", dict(PLAIN, center=True)),
-            ("AIBN 3-4 + TNorm 1-2-3", dict(BASE)),
-            ("both", _cfg(center=True)),
+            ("none", dict(PLAIN, center=False)),
+            ("per-camera centring", dict(PLAIN)),
+            ("AIBN 3-4 + TNorm 1-2-3", _cfg(center=False)),
+            ("both", dict(BASE)),
         ],
     },
     "style": {
-        "title": "Study 5 - camera style strength, plain vs AIBN 3-4 + TNorm 1-2-3",
+        "title": "Study 5 - camera style strength, plain vs AIBN 3-4 + TNorm 1-2-3 (both with centring)",
         "rows": [(f"{kind}, style {s:g}", dict(cfg, style=s))
                  for s in (0.0, 1.0, 2.0, 4.0) for kind, cfg in (("plain", PLAIN), ("AIBN+TNorm", BASE))],
     },
@@ -156,7 +159,10 @@ def run_argv(model, cfg, seed, output, data_root, runs_dir):
     argv = ["--preset", "demo", "--model", model, "--seed", str(seed), "--output", output, "--root", data_root,
             "--threads", "1", "--no-progress", "--no-plots",
             "--style-strength", f"{cfg['style']:g}", "--mu0", f"{cfg['mu0']:g}",
-            "--stages", *cfg["stages"], "--aibn", *map(str, cfg["aibn"]), "--tnorm", *map(str, cfg["tnorm"])]
+            "--stages", *cfg["stages"], "--aibn", *map(str, cfg["aibn"]), "--tnorm", *map(str, cfg["tnorm"]),
+            "--tnorm-mode", cfg["tnorm_mode"]]
+    if cfg["iids"]:
+        argv += ["--self-distill", "1", "--convert-prob", "0.5", "--camera-aggregate"]
     for k, v in {**DATA, **SCHEDULE}.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     if cfg["center"]:
@@ -174,6 +180,7 @@ def check_resolved(output, cfg, model):
         used = yaml.safe_load(f)
     want = {"model": model, "center_features": cfg["center"], "aibn": list(cfg["aibn"]),
             "tnorm": list(cfg["tnorm"]), "stages": list(cfg["stages"]), "mu0": cfg["mu0"],
+            "tnorm_mode": cfg["tnorm_mode"], "convert_prob": 0.5 if cfg["iids"] else 0.0,
             "style_strength": cfg["style"], **DATA, **SCHEDULE}
     wrong = {k: (used.get(k), v) for k, v in want.items() if used.get(k) != v}
     if wrong:
@@ -186,16 +193,15 @@ def data_root(runs_dir, seed, style):
 
 def plan(models, seeds, studies):
     """Unique runs in priority order, so that a run cut short by ``--budget-minutes`` still fills
-    whole cells: for the first model the camera-aware and stage studies, then the style sweep at
-    strengths 0 and 4 (then 2), all seeds; then the camera-aware and stage studies for the other
-    model; then the placement studies (one seed first); then everything else."""
+    whole cells (all seeds of a block before the next block): for the first model the camera-aware,
+    stage, TNorm and AIBN studies; the camera-aware and stage studies for the other model; the
+    style sweep of the first model at strengths 0 and 4, then 2; then everything else."""
     first, rest = list(models[:1]), list(models[1:])
     ends = lambda row: row.endswith((" 0", " 1", " 4"))  # noqa: E731  style 0 / 1 / 4 rows
-    blocks = [("camera", first, seeds, None), ("stages", first, seeds, None), ("style", first, seeds, ends),
-              ("camera", rest, seeds, None), ("stages", rest, seeds, None), ("style", first, seeds, None),
-              ("aibn", first, seeds[:1], None), ("tnorm", first, seeds[:1], None),
-              ("aibn", first, seeds[1:], None), ("tnorm", first, seeds[1:], None),
-              ("style", rest, seeds, None), ("aibn", rest, seeds, None), ("tnorm", rest, seeds, None)]
+    blocks = [("camera", first, seeds, None), ("stages", first, seeds, None), ("tnorm", first, seeds, None),
+              ("aibn", first, seeds, None), ("camera", rest, seeds, None), ("stages", rest, seeds, None),
+              ("style", first, seeds, ends), ("style", first, seeds, None),
+              ("style", rest, seeds, None), ("tnorm", rest, seeds, None), ("aibn", rest, seeds, None)]
     jobs, seen = [], set()
     for block, block_models, block_seeds, keep in blocks:
         if block not in studies:
@@ -343,7 +349,8 @@ def run_all(jobs, *, runs_dir, results_path, workers, budget_minutes, max_runs=N
 
 def _short(cfg):
     return (f"stages={'+'.join(cfg['stages'])} aibn={'-'.join(map(str, cfg['aibn'])) or 'none'} "
-            f"tnorm={'-'.join(map(str, cfg['tnorm'])) or 'none'} centre={int(cfg['center'])} "
+            f"tnorm={'-'.join(map(str, cfg['tnorm'])) or 'none'}({cfg['tnorm_mode']}{'+iids' * cfg['iids']}) "
+            f"centre={int(cfg['center'])} "
             f"mu0={cfg['mu0']:g} style={cfg['style']:g}")
 
 

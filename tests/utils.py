@@ -10,6 +10,22 @@ TOLERANCES = {
     torch.float16: (2e-3, 2e-3),  # output rounding to 11 mantissa bits of values ~O(1)
     torch.bfloat16: (1.6e-2, 1.6e-2),  # output rounding to 8 mantissa bits
 }
+# Parameter gradients are fp32 sums over N*H*W terms whatever the input dtype.
+PARAM_TOL = (1e-4, 1e-4)
+
+
+def import_interpreted_kernels():
+    """``timm_reid.kernels`` for a test module that runs the kernels under ``TRITON_INTERPRET=1``
+    (the module sets it before anything imports triton); skips the module when triton is missing or
+    was imported before the interpreter was switched on."""
+    import pytest
+
+    kernels = pytest.importorskip("timm_reid.kernels")
+    from timm_reid.kernels import _utils
+
+    if not _utils.INTERPRET:
+        pytest.skip("timm_reid.kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+    return kernels
 
 
 def assert_verbose_allclose(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, what: str = "") -> None:

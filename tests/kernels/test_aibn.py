@@ -17,25 +17,12 @@ import torch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tests.utils import assert_verbose_allclose
+from tests.utils import PARAM_TOL, TOLERANCES, assert_verbose_allclose, import_interpreted_kernels
 from timm_reid.layers import functional as F
 
-kernels = pytest.importorskip("timm_reid.kernels")
+kernels = import_interpreted_kernels()
 from timm_reid.kernels import _utils  # noqa: E402
 
-if not _utils.INTERPRET:
-    pytest.skip("timm_reid.kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
-
-# (atol, rtol) of the output and input gradient per input dtype. Both sides compute in fp32 and
-# round once to the dtype, so they differ by fp32 summation order (~1e-6) plus at most one
-# rounding step of the dtype: 2^-11 relative for fp16, 2^-8 for bf16.
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
-# Parameter gradients are fp32 sums over N*H*W terms on both sides whatever the input dtype.
-PARAM_TOL = (1e-4, 1e-4)
 
 
 def make_case(n, c, h, w, *, channels_last, memory, dtype, affine, gate, seed):

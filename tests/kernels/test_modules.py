@@ -10,18 +10,13 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see conftest.py)
 
-import pytest
 import torch
 from torch import nn
 
-from tests.utils import assert_verbose_allclose
+from tests.utils import assert_verbose_allclose, import_interpreted_kernels
 from timm_reid.layers import AIBN, TNorm, use_backend
 
-kernels = pytest.importorskip("timm_reid.kernels")
-from timm_reid.kernels import _utils  # noqa: E402
-
-if not _utils.INTERPRET:
-    pytest.skip("timm_reid.kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+kernels = import_interpreted_kernels()
 
 TOL = (2e-5, 2e-5)  # fp32 on both sides; a few steps of accumulated summation-order differences
 

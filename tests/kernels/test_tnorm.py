@@ -15,23 +15,11 @@ import torch
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.utils import assert_verbose_allclose
+from tests.utils import PARAM_TOL, TOLERANCES, assert_verbose_allclose, import_interpreted_kernels
 from timm_reid.layers import functional as F
 
-kernels = pytest.importorskip("timm_reid.kernels")
-from timm_reid.kernels import _utils  # noqa: E402
+kernels = import_interpreted_kernels()
 
-if not _utils.INTERPRET:
-    pytest.skip("timm_reid.kernels was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
-
-# (atol, rtol) of outputs and input gradients per input dtype: both sides compute in fp32 and round
-# once to the dtype (one rounding step: 2^-11 relative for fp16, 2^-8 for bf16).
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
-PARAM_TOL = (1e-4, 1e-4)  # fp32 sums over N*H*W on both sides
 
 
 def make_case(n, c, h, w, d, cams, tgts, *, channels_last, dtype, affine, seed):

@@ -48,6 +48,7 @@ def test_resolved_config_round_trips(tmp_path):
     (["--intra-clusters", "0"], "intra-clusters"),
     (["--batch-size", "30", "--num-instances", "4"], "multiple"),
     (["--rounds", "0"], "rounds"),
+    (["--head-temperature", "0"], "head-temperature"),
 ])
 def test_inconsistent_options_fail_early(argv, match):
     with pytest.raises(ValueError, match=match):

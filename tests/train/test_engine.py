@@ -9,7 +9,7 @@ from timm_reid.factory import create_model
 from timm_reid.train.diagnostics import cluster_quality, label_stats, same_camera_top1
 from timm_reid.train.engine import _forward_by_camera, center_per_camera
 from timm_reid.train.losses import triplet_loss
-from timm_reid.train.model import ReIDNet
+from timm_reid.train.model import Head, ReIDNet
 
 
 def _net(**patch):
@@ -87,3 +87,20 @@ def test_label_stats_and_same_camera_share():
     # query 1 (id 6, cam 1): top-1 is gallery 2 (cam 1, another identity) -> same camera
     share = same_camera_top1(q, g, np.array([5, 6]), np.array([5, 7, 8]), np.array([0, 1]), np.array([0, 1, 1]))
     assert share == pytest.approx(0.5)
+
+
+def test_centroid_head_is_a_cosine_classifier_over_cluster_means():
+    """Independent formula: standardise with the features' own mean/variance, average per cluster,
+    logits = cos(z, centroid) * |z| / (T * mean |z|)."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(40, 12, generator=g, dtype=torch.float64) * 3 + 1
+    labels = torch.arange(40) % 5
+    head = Head(12, 6).eval()  # one class more than used: an empty cluster gets a zero row
+    head.init_from_centroids(feats.numpy(), labels.numpy(), temperature=0.1)
+    z = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, unbiased=False) + head[0].eps)
+    cent = torch.stack([z[labels == k].mean(0) for k in range(5)])
+    cos = torch.nn.functional.cosine_similarity(z[:, None], cent[None], dim=2)
+    want = cos * z.norm(dim=1, keepdim=True) / (0.1 * z.norm(dim=1).mean())
+    got = head(feats.float()).double()
+    torch.testing.assert_close(got[:, :5], want, atol=1e-4, rtol=1e-4)
+    assert torch.all(got[:, 5] == 0)

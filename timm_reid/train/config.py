@@ -111,6 +111,11 @@ def get_args_parser(add_help=True):
     g.add_argument("--weight-decay", default=5e-4, type=float, help="weight decay")
     g.add_argument("--margin", default=0.3, type=float, help="batch-hard triplet margin")
     g.add_argument("--triplet-weight", default=1.0, type=float, help="weight of the triplet loss")
+    g.add_argument("--head-init", default="random", choices=("random", "centroid"),
+                   help="classifier heads, rebuilt every stage: N(0, 0.001) weights (reference) or the "
+                        "clusters' mean features (a cosine classifier; learns far faster on short schedules)")
+    g.add_argument("--head-temperature", default=0.1, type=float,
+                   help="--head-init centroid: logits start as cosine / this")
 
     g = parser.add_argument_group("IIDS options")
     g.add_argument("--self-distill", default=0.0, type=float,
@@ -180,6 +185,8 @@ def check_args(args):
         q = getattr(args, f"{stage}_threshold_quantile")
         if q is not None and not 0 < q < 1:
             raise ValueError(f"--{stage}-threshold-quantile must lie in (0, 1), got {q}")
+    if args.head_temperature <= 0:
+        raise ValueError(f"--head-temperature must be > 0, got {args.head_temperature}")
     if args.mu0 < 0:
         raise ValueError(f"--mu0 must be >= 0, got {args.mu0}")
     if len(set(args.stages)) != len(args.stages):

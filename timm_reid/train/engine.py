@@ -90,11 +90,12 @@ def _clustering_target(n_clusters, threshold_quantile):
 def run_intra_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
                     center, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
                     epochs, batch_size, joint_forward, opt, lr, backbone_lr_mult, weight_decay, momentum,
-                    self_distill, convert_prob, seed, progress, desc="intra"):
+                    self_distill, convert_prob, seed, progress, head_init, head_temperature,
+                    desc="intra"):
     """Cluster each camera, build per-camera heads, train ``epochs``; returns a record of the stage."""
     t0 = time.time()
-    _, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
-                                                 workers=workers, center=center, progress=progress)
+    raw, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
+                                                   workers=workers, center=center, progress=progress)
     t1 = time.time()
     result = cluster_intra_camera(feats, camids, k1=k1, k2=k2, lambda_value=lambda_value, rerank=rerank,
                                   drop_singletons=drop_singletons,
@@ -103,6 +104,11 @@ def run_intra_stage(net, train, *, num_cameras, test_transform, train_transform,
     sizes = [result.counts.get(c, 0) for c in range(num_cameras)]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     net.set_heads(sizes)
+    if head_init == "centroid":
+        for c, head in enumerate(net.heads):
+            m = (camids == c) & (labels >= 0)
+            if m.any():
+                head.init_from_centroids(raw[m], labels[m] - offsets[c], head_temperature)
     record = {"intra_clusters": sizes, **intra_quality(labels, pids, camids)}
     t2 = time.time()
 
@@ -192,7 +198,8 @@ def _forward_by_camera(net, images, camids, joint, convert=False):
 def run_inter_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
                     center, mu, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
                     epochs, batch_size, num_instances, opt, lr, backbone_lr_mult, weight_decay, momentum,
-                    margin, triplet_weight, self_distill, convert_prob, seed, progress, desc="inter"):
+                    margin, triplet_weight, self_distill, convert_prob, seed, progress, head_init,
+                    head_temperature, desc="inter"):
     """Cluster all images across cameras, build one head, train ``epochs``; returns a stage record.
 
     The Jaccard term needs the per-camera heads of an intra stage just run; without them (e.g.
@@ -216,6 +223,8 @@ def run_inter_stage(net, train, *, num_cameras, test_transform, train_transform,
                            f"{batch_size // num_instances} identities; lower --inter-threshold-quantile, raise "
                            "--inter-clusters or lower --batch-size")
     net.set_heads([num_classes])
+    if head_init == "centroid":
+        net.heads[0].init_from_centroids(raw[labels >= 0], labels[labels >= 0], head_temperature)
     t2 = time.time()
 
     recs = [r._replace(pid=int(lab)) for r, lab in zip(train, labels) if lab >= 0]

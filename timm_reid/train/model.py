@@ -8,6 +8,7 @@ Retrieval and clustering use the pooled backbone feature, as the reference does.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from timm_reid.layers import TNorm
@@ -22,6 +23,25 @@ class Head(nn.Sequential):
         nn.init.zeros_(self[0].bias)
         self[0].bias.requires_grad_(False)
         nn.init.normal_(self[1].weight, std=0.001)
+
+    @torch.no_grad()
+    def init_from_centroids(self, features, labels, temperature):
+        """Start as a cosine classifier over the clusters' mean features: the BN-neck's running
+        statistics become those of ``features`` and class ``k``'s weight is the direction of cluster
+        ``k``'s mean standardised feature, scaled so that logits are about ``cos / temperature``.
+
+        A fresh N(0, 0.001) classifier needs many steps before its cross-entropy carries signal; the
+        heads are rebuilt every stage, so on short schedules they never do.
+        """
+        bn, fc = self[0], self[1]
+        x = torch.as_tensor(features, dtype=torch.float32, device=fc.weight.device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        z = (x - mean) / torch.sqrt(var + bn.eps)
+        sums = torch.zeros(fc.out_features, z.shape[1], device=x.device).index_add_(0, labels, z)
+        fc.weight.copy_(F.normalize(sums, dim=1) / (temperature * z.norm(dim=1).mean()))
 
 
 class ReIDNet(nn.Module):

@@ -48,7 +48,7 @@ def resume_state(args):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume {args.resume}: no last.pth there; is it a run directory?")
     state = load_checkpoint(path)
-    stored = type(args)(**state["args"])
+    stored = type(args)(**{**vars(args), **state["args"]})  # options added since the checkpoint: defaults
     for key in ("threads", "workers", "no_progress", "no_plots", "device"):
         setattr(stored, key, getattr(args, key))
     stored.resume, stored.output = args.resume, args.resume
@@ -206,7 +206,8 @@ def run_stage(stage, net, dataset, *, args, round_index, num_cameras, train_tf, 
                   rerank=args.rerank, opt=args.opt, backbone_lr_mult=args.backbone_lr_mult,
                   weight_decay=args.weight_decay, momentum=args.momentum, self_distill=args.self_distill,
                   convert_prob=args.convert_prob, seed=stage_seed(args.seed, round_index, stage),
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, head_init=args.head_init,
+                  head_temperature=args.head_temperature)
     tag = f"round {round_index + 1}/{args.rounds} {stage}"
     if stage == "intra":
         return engine.run_intra_stage(net, dataset.train, n_clusters=args.intra_clusters,
