@@ -5,13 +5,18 @@ after the early stages help cross-camera retrieval; the gain grows with the came
 on the built-in synthetic multi-camera benchmark, at a size that runs on 2 CPU cores?
 
 Five studies share one run configuration, the ``BASE`` row below: both stages, AIBN in stages 3-4,
-TNorm after stages 1-3, no embedding-level centring, Jaccard mu_0 = 0.02, weak camera style
-(``style_strength=1``). Each study changes one thing:
+TNorm after stages 1-3 in ``normalize`` mode (per-camera statistics in every forward; ``transform``
+mode without conversion is an identity, which made the first pass's TNorm study void), per-camera
+centring of the clustering features (without it nothing learns here), Jaccard mu_0 = 0.02, weak
+camera style (``style_strength=1``), centroid-initialised heads, 8 rounds. Each study changes one
+thing:
 
 1. ``stages``: untrained (the initial evaluation of the BASE runs), intra only, inter only without
    the Jaccard term, intra + inter.
 2. ``aibn``: AIBN placement (TNorm fixed at 1-2-3).
-3. ``tnorm``: TNorm placement (AIBN fixed at 3-4).
+3. ``tnorm``: TNorm placement (AIBN fixed at 3-4), plus the IIDS use of TNorm: ``transform`` mode
+   with two-view self-distillation, style conversion of the second view with probability 0.5 and
+   camera-aggregated test features.
 4. ``camera``: no camera-aware step / per-camera centring of the clustering features / in-network
    AIBN + TNorm / both.
 5. ``style``: camera style strength 0 (none), 1 (weak), 2, 4 (strong), plain model vs AIBN + TNorm.
@@ -23,13 +28,11 @@ has). ``--report`` only rebuilds the tables and plots from ``runs.jsonl``.
 
 Commands (the ones that produced ``benchmarks/results/``)::
 
-    python benchmarks/ablation.py --workers 2 --budget-minutes 35   # runs in priority order, then the report
+    python benchmarks/ablation.py --workers 2 --budget-minutes 55   # runs in priority order, then the report
+    python benchmarks/ablation.py --workers 2                       # continues with the runs not done yet
     python benchmarks/ablation.py --report                          # tables + plots from runs.jsonl
     python benchmarks/ablation.py --list                            # the planned runs, in priority order
     python benchmarks/ablation.py --smoke                           # 1 tiny run into a temp folder
-
-(The rows with AIBN were re-run once with ``--max-runs 25`` after a fix of the AIBN backward; see
-``benchmarks/results/README.md``.)
 
 Each run is ``python -m timm_reid.train`` (called in-process through ``timm_reid.train.main``)
 with the arguments recorded in ``runs.jsonl`` (``argv``), 1 CPU thread per run.
@@ -151,7 +154,7 @@ def run_key(model, cfg, seed):
     return json.dumps({"model": model, "seed": seed, **c}, sort_keys=True)
 
 
-NO_CENTRING = "no-centring.yaml"  # the demo preset centres; the CLI has no flag to turn it off
+NO_CENTRING = "no-centring.yaml"  # the demo preset centres; this file (same as --no-center-features) does not
 
 
 def run_argv(model, cfg, seed, output, data_root, runs_dir):
