@@ -1,6 +1,7 @@
 """timm-reid: camera-robust normalization (AIBN, TNorm) for person re-identification on timm."""
 from . import cluster, evaluation, functional, layers, models  # models: registers convnext_iso_*
 from .evaluation import evaluate, extract_features
+from .backbone import load_backbone, save_backbone
 from .factory import create_model
 from .layers import AIBN, TNorm, cameras
 from .surgery import Description, PatchedLayer, describe, patch
@@ -21,6 +22,8 @@ __all__ = [
     "extract_features",
     "functional",
     "layers",
+    "load_backbone",
     "patch",
+    "save_backbone",
     "__version__",
 ]

@@ -1,0 +1,139 @@
+"""Portable trained backbones: one pickle-free ``.safetensors`` file that rebuilds the patched model.
+
+    timm_reid.save_backbone(model, "run/backbone.safetensors", model_name="convnext_atto",
+                            input_size=(64, 32))
+    model = timm_reid.load_backbone("run/backbone.safetensors")   # or the run directory
+
+The file holds the backbone's ``state_dict`` (no training heads) and, in the safetensors header
+metadata under ``"timm_reid"``, a JSON record: the timm model name, the patch configuration
+(``model.timm_reid_config``, the keywords of :func:`timm_reid.create_model`), the extra
+``timm.create_model`` keywords (``num_classes=0``, ...) and the input size ``(H, W)`` it was trained
+at. Loading never unpickles anything.
+
+Shared tensors (AIBN gates shared by the norms of a block, ``gate="block"``) are stored once per
+``state_dict`` key; loading writes the same value into the shared Parameter once per key.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .surgery import CONFIG_ATTR
+
+__all__ = ["save_backbone", "load_backbone", "read_backbone_metadata", "BACKBONE_FILE", "FORMAT_VERSION"]
+
+BACKBONE_FILE = "backbone.safetensors"
+FORMAT_VERSION = 1
+_METADATA_KEY = "timm_reid"
+
+
+def save_backbone(
+    model: nn.Module,
+    path: str,
+    *,
+    model_name: str,
+    input_size: Sequence[int],
+    timm_kwargs: Optional[Dict[str, Any]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> str:
+    """Write ``model`` (a backbone from :func:`timm_reid.create_model`, patched or not) to ``path``.
+
+    Args:
+        model_name: the timm model name it was built from.
+        input_size: ``(height, width)`` the backbone was trained at; evaluation uses it by default.
+        timm_kwargs: extra ``timm.create_model`` keywords needed to rebuild it (default
+            ``{"num_classes": 0}``, a pooled-feature backbone).
+        extra: JSON-serialisable facts to keep with it (e.g. how it was trained).
+
+    The write is atomic (temporary file + ``os.replace``). Returns ``path``.
+    """
+    from safetensors.torch import save_file
+
+    record = {
+        "format_version": FORMAT_VERSION,
+        "model_name": str(model_name),
+        "patch": _plain(getattr(model, CONFIG_ATTR, {}) or {}),
+        "timm_kwargs": _plain({"num_classes": 0} if timm_kwargs is None else timm_kwargs),
+        "input_size": [int(s) for s in input_size],
+        "extra": _plain(extra or {}),
+    }
+    if len(record["input_size"]) != 2:
+        raise ValueError(f"input_size must be (height, width), got {tuple(input_size)}")
+    # One copy per key: safetensors refuses tensors that share memory (shared AIBN gates).
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(record)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_backbone_metadata(path: str) -> Dict[str, Any]:
+    """The JSON record stored with a backbone file (see the module docstring)."""
+    from safetensors import safe_open
+
+    path = _resolve(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise ValueError(f"{path} is not a readable timm-reid backbone file (safetensors): {exc}") from None
+    if _METADATA_KEY not in metadata:
+        raise ValueError(
+            f"{path} is a safetensors file without timm-reid metadata; a plain state_dict loads with "
+            "timm_reid.create_model(name, ..., checkpoint_path=path) instead"
+        )
+    record = json.loads(metadata[_METADATA_KEY])
+    if record.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has backbone format {record['format_version']}; this timm-reid reads "
+                         f"up to {FORMAT_VERSION}: upgrade timm-reid")
+    return record
+
+
+def load_backbone(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the patched timm backbone saved by :func:`save_backbone` (eval mode, no heads).
+
+    Args:
+        path: a ``.safetensors`` backbone file, or a run directory holding ``backbone.safetensors``.
+
+    The returned model carries the stored record as ``model.timm_reid_backbone`` (its
+    ``"input_size"`` is the size to evaluate at).
+    """
+    from safetensors.torch import load_file
+
+    from .factory import create_model
+
+    path = _resolve(path)
+    record = read_backbone_metadata(path)
+    model = create_model(record["model_name"], **record["patch"], **record["timm_kwargs"])
+    try:
+        state_dict = load_file(path, device="cpu")
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable timm-reid backbone file (safetensors): {exc}") from None
+    missing, unexpected = set(model.state_dict()) - set(state_dict), set(state_dict) - set(model.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model its metadata describes: missing "
+                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.load_state_dict(state_dict)
+    model.timm_reid_backbone = record
+    return model.to(device).eval()
+
+
+def _resolve(path: str) -> str:
+    if os.path.isdir(path):
+        candidate = os.path.join(path, BACKBONE_FILE)
+        if not os.path.isfile(candidate):
+            raise FileNotFoundError(f"{path} is a folder without {BACKBONE_FILE}")
+        return candidate
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone file {path} does not exist")
+    return path
+
+
+def _plain(value):
+    """JSON-safe copy (tuples -> lists); raises on anything else non-JSON."""
+    return json.loads(json.dumps(value))
