@@ -61,6 +61,7 @@ def main(args):
     net = build_net(model=train_args.model, aibn=train_args.aibn, tnorm=train_args.tnorm,
                     num_cameras=trained_cameras, aibn_mix=train_args.aibn_mix, aibn_gate_init=train_args.aibn_gate_init,
                     tnorm_mode=train_args.tnorm_mode, last_stride=train_args.last_stride, pretrained=False,
+                    aibn_entry=getattr(train_args, "aibn_entry", "replace"),
                     checkpoint_path=None, device="cpu")
     net.set_heads(state["head_sizes"])
     net.load_state_dict(state["model"])

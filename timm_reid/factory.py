@@ -23,7 +23,7 @@ import timm
 from timm.models import load_state_dict
 from torch import nn
 
-from .surgery import Stages, _check_config, apply_config
+from .surgery import Stages, _check_config, apply_config, warn_if_pretrained_layernorms_replaced
 
 __all__ = ["create_model", "load_checkpoint"]
 
@@ -40,6 +40,7 @@ def create_model(
     tnorm_mode: str = "transform",
     downsample: bool = True,
     last_stride: Optional[int] = None,
+    entry: str = "replace",
     pretrained: bool = False,
     checkpoint_path: Optional[str] = None,
     **timm_kwargs,
@@ -60,13 +61,14 @@ def create_model(
     """
     config = _check_config(
         aibn=aibn, tnorm=tnorm, num_cameras=num_cameras, gate=gate, gate_init=gate_init, mix=mix,
-        tnorm_mode=tnorm_mode, downsample=downsample, last_stride=last_stride,
+        tnorm_mode=tnorm_mode, downsample=downsample, last_stride=last_stride, entry=entry,
     )
     model = timm.create_model(model_name, pretrained=pretrained, **timm_kwargs)
     unpatched_keys = set(model.state_dict())
     apply_config(model, config)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, unpatched_keys)
+        warn_if_pretrained_layernorms_replaced(model)
     return model
 
 

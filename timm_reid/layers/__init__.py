@@ -1,12 +1,14 @@
 """Normalization layers. Layers know nothing of models or the pipeline."""
 from . import functional
 from .aibn import AIBN
+from .blend import BlendedAIBN
 from .backend import get_backend, set_backend, use_backend
 from .cameras import CameraContext, cameras, current_context
 from .tnorm import TNorm
 
 __all__ = [
     "AIBN",
+    "BlendedAIBN",
     "TNorm",
     "CameraContext",
     "cameras",

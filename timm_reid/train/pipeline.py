@@ -92,7 +92,7 @@ def _run(args, state, run_dir):
     train_tf, test_tf = build_transforms(args.height, args.width, pad=args.pad, random_erasing=args.random_erasing)
     net = build_net(model=args.model, aibn=args.aibn, tnorm=args.tnorm, num_cameras=num_cameras,
                     aibn_mix=args.aibn_mix, aibn_gate_init=args.aibn_gate_init, tnorm_mode=args.tnorm_mode,
-                    last_stride=args.last_stride, pretrained=args.pretrained and state is None,
+                    aibn_entry=args.aibn_entry, last_stride=args.last_stride, pretrained=args.pretrained and state is None,
                     checkpoint_path=args.checkpoint_path if state is None else None, device=args.device)
     eval_kw = dict(transform=test_tf, batch_size=args.test_batch_size, workers=args.workers,
                    camera_aggregate=args.camera_aggregate, num_cameras=num_cameras)
@@ -182,13 +182,13 @@ def build_transforms(height, width, *, pad=10, random_erasing=0.5):
 
 
 def build_net(*, model, aibn, tnorm, num_cameras, aibn_mix, aibn_gate_init, tnorm_mode, last_stride, pretrained,
-              checkpoint_path, device):
+              checkpoint_path, device, aibn_entry="replace"):
     """A timm backbone with pooled output (``num_classes=0``), patched with AIBN/TNorm if asked."""
     from timm_reid.factory import create_model
 
     backbone = create_model(model, aibn=tuple(aibn), tnorm=tuple(tnorm), num_cameras=num_cameras if tnorm else None,
                             mix=aibn_mix, gate_init=aibn_gate_init, tnorm_mode=tnorm_mode, last_stride=last_stride,
-                            pretrained=pretrained, checkpoint_path=checkpoint_path, num_classes=0)
+                            entry=aibn_entry, pretrained=pretrained, checkpoint_path=checkpoint_path, num_classes=0)
     return ReIDNet(backbone).to(device)
 
 

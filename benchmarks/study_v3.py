@@ -1,0 +1,144 @@
+"""Study v3: do AIBN and TNorm help from a pretrained start? (IICS pipeline, synthetic data)
+
+Every row is one ``python -m timm_reid.train`` subprocess at 1 CPU thread with the arguments
+recorded in ``RESULTS/runs.jsonl`` (``argv``); a run whose ``final_metrics.json`` exists is not run
+again, so the script is resumable. ``--report`` rebuilds ``RESULTS/tables.md`` from ``runs.jsonl``.
+
+    python benchmarks/study_v3.py --init supervised=PRETRAIN/backbone.safetensors --rows entry
+    python benchmarks/study_v3.py --report
+
+Configuration, fixed before any run: the demo's data (the default synthetic generator: 150 train /
+100 test identities, 5 cameras, style 1, 64x32, a new dataset per seed, generated once per seed
+into ``RESULTS/data-seed<S>``) and the demo preset's schedule shortened to ``--rounds`` (4). 64x32
+rather than 128x64: 4x the compute per run does not fit the 2-core budget of the study.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_RESULTS = os.path.join(HERE, "results", "v3")
+
+# Row name -> train flags on top of the demo preset. "plain" rows switch the preset's AIBN/TNorm off.
+PLAIN = ["--aibn", "--tnorm"]
+ROWS = {
+    "demo-preset": [],
+    "plain": PLAIN,
+    "aibn34-replace": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace"],
+    "aibn34-blend": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "blend"],
+    "aibn34-blend+tnorm123-normalize": ["--aibn", "3", "4", "--aibn-entry", "blend", "--tnorm", "1", "2", "3",
+                                        "--tnorm-mode", "normalize"],
+    "aibn34-blend+iids": ["--aibn", "3", "4", "--aibn-entry", "blend", "--tnorm", "1", "2", "3",
+                          "--self-distill", "1", "--convert-prob", "0.5", "--camera-aggregate"],
+    "plain+selfdistill": PLAIN + ["--self-distill", "1"],
+    # the demo recipe against the feasibility probe's, one factor at a time (random init)
+    "plain+erasing0.3": PLAIN + ["--random-erasing", "0.3"],
+    "plain+no-rerank": PLAIN + ["--no-rerank"],
+    "plain+oracle-count": PLAIN + ["--oracle-clusters"],
+}
+GROUPS = {
+    "entry": ["plain", "aibn34-replace", "aibn34-blend"],
+    "tnorm": ["aibn34-blend+tnorm123-normalize", "aibn34-blend+iids", "plain+selfdistill"],
+    "recipe": ["demo-preset", "plain", "plain+erasing0.3", "plain+no-rerank", "plain+oracle-count"],
+}
+
+
+def run_dir(results, init, row, seed, rounds, centre):
+    return os.path.join(results, "runs", f"{init}-{row}-r{rounds}-{'c' if centre else 'nc'}-s{seed}")
+
+
+def argv_for(results, init_path, row, seed, rounds, centre, out):
+    argv = [sys.executable, "-m", "timm_reid.train", "--preset", "demo", *ROWS[row],
+            "--rounds", str(rounds), "--seed", str(seed), "--root", os.path.join(results, f"data-seed{seed}"),
+            "--output", out, "--threads", "1", "--no-progress", "--no-plots"]
+    if init_path:
+        argv += ["--checkpoint-path", init_path]
+    if not centre:
+        argv += ["--no-center-features"]
+    return argv
+
+
+def run_all(args):
+    inits = dict(item.split("=", 1) if "=" in item else (item, "") for item in args.init)
+    log = os.path.join(args.results, "runs.jsonl")
+    os.makedirs(args.results, exist_ok=True)
+    rows = [r for g in args.rows for r in GROUPS.get(g, [g])]
+    for seed in args.seeds:
+        for init, path in inits.items():
+            for row in rows:
+                for centre in args.centre:
+                    out = run_dir(args.results, init, row, seed, args.rounds, centre)
+                    if os.path.isfile(os.path.join(out, "final_metrics.json")):
+                        continue
+                    argv = argv_for(args.results, path, row, seed, args.rounds, centre, out)
+                    print("running", " ".join(argv[1:]), flush=True)
+                    t0 = time.time()
+                    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                    with open(os.path.join(out, "final_metrics.json")) as f:
+                        result = json.load(f)
+                    record = {"init": init, "init_path": path, "row": row, "seed": seed, "rounds": args.rounds,
+                              "centre": centre, "argv": ["python", *argv[1:]], "seconds": round(time.time() - t0, 1),
+                              "initial": result["initial"], "final": result["final"]}
+                    with open(log, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    print(json.dumps({k: record[k] for k in ("init", "row", "seed", "centre", "seconds")}
+                                     | {"mAP": [round(100 * record["initial"]["mAP"], 1),
+                                                round(100 * record["final"]["mAP"], 1)]}), flush=True)
+
+
+def report(results):
+    with open(os.path.join(results, "runs.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    cells = {}
+    for r in records:
+        cells.setdefault((r["init"], r["rounds"], r["centre"], r["row"]), {})[r["seed"]] = r
+    lines = ["| init | rounds | centring | row | seeds | initial mAP | final mAP | final rank-1 | Δ final vs plain (paired) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (init, rounds, centre, row), by_seed in sorted(cells.items()):
+        seeds = sorted(by_seed)
+        ini = [100 * by_seed[s]["initial"]["mAP"] for s in seeds]
+        fin = [100 * by_seed[s]["final"]["mAP"] for s in seeds]
+        r1 = [100 * by_seed[s]["final"]["rank1"] for s in seeds]
+        plain = cells.get((init, rounds, centre, "plain"), {})
+        deltas = [100 * (by_seed[s]["final"]["mAP"] - plain[s]["final"]["mAP"]) for s in seeds if s in plain]
+        delta = "" if row == "plain" or not deltas else (
+            f"{_ms(deltas)} ({sum(d > 0 for d in deltas)}/{len(deltas)} > 0)")
+        lines.append(f"| {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
+                     f"{_ms(fin)} | {_ms(r1)} | {delta} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(results, "tables.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+def _ms(values):
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", default=DEFAULT_RESULTS)
+    p.add_argument("--init", nargs="+", default=["random"], help="NAME=BACKBONE_FILE (or 'random')")
+    p.add_argument("--rows", nargs="+", default=["entry"], help=f"row names or groups {sorted(GROUPS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--centre", nargs="+", type=int, default=[1], help="1: per-camera centring, 0: none")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args()
+    args.centre = [bool(c) for c in args.centre]
+    if not args.report:
+        run_all(args)
+    report(args.results)
+
+
+if __name__ == "__main__":
+    main()
