@@ -1,0 +1,23 @@
+"""``python -m timm_reid.pretrain``: bad options, files or data end with one paragraph on stderr
+and exit status 2, not a traceback."""
+import sys
+
+from timm_reid.pretrain.config import get_args_parser
+from timm_reid.pretrain.run import main
+
+
+def cli(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with --resume {args.resume or args.output}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,169 @@
+"""The loop every method shares: run directory, AdamW with warm-up + cosine, checkpoints, metrics.
+
+A method is a :class:`Task`: the modules it trains, its batches per epoch and its loss. The engine
+owns the optimizer and the schedule, seeds each epoch from ``(seed, epoch)`` (so a run resumed at an
+epoch boundary draws the numbers the uninterrupted run drew), writes ``RUN/metrics.jsonl`` (one line
+per epoch) and ``RUN/last.pth`` after every epoch (atomic; only tensors and plain types, read back
+with ``torch.load(..., weights_only=True)``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
+           "load_state", "seed_all", "CHECKPOINT_FILE"]
+
+CHECKPOINT_FILE = "last.pth"
+_RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT_FILE, "backbone.safetensors")
+
+
+class Task:
+    """What a method provides. ``modules`` holds everything trained (the backbone first)."""
+
+    modules: nn.ModuleDict
+
+    def batches(self, epoch: int) -> Iterable:
+        raise NotImplementedError
+
+    def num_batches(self) -> int:
+        raise NotImplementedError
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """The loss to minimise and floats to average over the epoch."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (e.g. a momentum encoder update)."""
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Diagnostics of the epoch (written to metrics.jsonl)."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """Non-parameter state to checkpoint (tensors and plain types only)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up from ``peak / warmup`` to ``peak`` over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * peak * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_jsonl(records, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(path: str, *, resuming: bool) -> str:
+    """Create ``path``; refuse a non-empty folder unless resuming a run of ours."""
+    if resuming:
+        if not os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+            raise FileNotFoundError(f"--resume {path}: no {CHECKPOINT_FILE} there; is it a pretraining run folder?")
+        return path
+    if os.path.isdir(path) and os.listdir(path):
+        ours = any(os.path.exists(os.path.join(path, f)) for f in _RUN_FILES)
+        hint = (f"continue it with --resume {path} or" if ours else "it holds files that are not a run's;")
+        raise FileExistsError(f"--output {path} is not empty: {hint} choose another --output")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"--output {path} is a file, not a folder")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def load_state(run_dir: str) -> dict:
+    return torch.load(os.path.join(run_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, weight_decay: float,
+        warmup_epochs: float, seed: int, state: dict | None = None, progress: bool = True) -> list[dict]:
+    """Train ``task`` for ``epochs`` (continuing ``state`` of :func:`load_state`); return the history."""
+    params = [p for p in task.modules.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    per_epoch = task.num_batches()
+    total, warmup = epochs * per_epoch, int(round(warmup_epochs * per_epoch))
+    history, start_epoch, elapsed = [], 0, 0.0
+    if state is not None:
+        task.modules.load_state_dict(state["modules"])
+        optimizer.load_state_dict(state["optimizer"])
+        task.load_extra_state(state["task"])
+        history, start_epoch, elapsed = state["history"], state["epoch"], state["elapsed"]
+    for epoch in range(start_epoch, epochs):
+        start = time.perf_counter()
+        seed_all(epoch_seed(seed, epoch))
+        task.modules.train()
+        sums, count = {}, 0
+        bar = tqdm(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        for i, batch in enumerate(bar):
+            current = lr_at(epoch * per_epoch + i, total=total, warmup=warmup, peak=lr)
+            for group in optimizer.param_groups:
+                group["lr"] = current
+            loss, logs = task.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}, step {i + 1}: the loss is {loss.item()}; "
+                                         "lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            task.after_step()
+            for k, v in {"loss": loss.item(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "lr": current if count else lr, "steps": count,
+                  **{k: v / max(count, 1) for k, v in sums.items()}, "seconds": round(seconds, 2)}
+        record.update(task.end_epoch(epoch))
+        elapsed += time.perf_counter() - start
+        history.append(record)
+        _write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
+        atomic_save({"args": args_dict, "modules": task.modules.state_dict(),
+                     "optimizer": optimizer.state_dict(), "task": task.extra_state(),
+                     "history": history, "epoch": epoch + 1, "elapsed": elapsed},
+                    os.path.join(run_dir, CHECKPOINT_FILE))
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                              if k not in ("epoch", "steps") and isinstance(v, float))
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+    return history

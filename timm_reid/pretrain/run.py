@@ -1,0 +1,120 @@
+"""``main(args)``: set up the run directory, build the method's task, train, write the backbone.
+
+A run directory holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one line per
+epoch), ``last.pth`` (resumable state, pickle-free), ``final_metrics.json`` and the result,
+``backbone.safetensors`` (:func:`timm_reid.save_backbone`: rebuild with
+:func:`timm_reid.load_backbone`, or start ``python -m timm_reid.train --checkpoint-path`` from it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from timm_reid.pretrain.config import check_args, get_args_parser, resolve_args
+from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir, seed_all, write_json
+
+__all__ = ["main", "pretrain", "build_backbone"]
+
+# Options that may differ between the interrupted and the resuming command.
+_RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device")
+
+
+def pretrain(method: str, *, output: str, **options) -> dict:
+    """Python entry point: ``pretrain("isr", output="runs/isr", epochs=2, num_videos=4)``.
+
+    ``options`` are the command-line options with ``_`` for ``-`` (see ``python -m
+    timm_reid.pretrain --help``); returns the final metrics (also ``RUN/final_metrics.json``).
+    """
+    args = get_args_parser().parse_args(["--method", method, "--output", os.fspath(output)])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"unknown pretraining option(s) {unknown}; valid: {', '.join(sorted(vars(args)))}")
+    for key, value in options.items():
+        setattr(args, key, value)
+    return main(args)
+
+
+def build_backbone(args: argparse.Namespace, num_cameras: int | None):
+    """A pooled-feature (``num_classes=0``) backbone, patched as the options say."""
+    from timm_reid.factory import create_model
+
+    return create_model(args.model, aibn=tuple(args.aibn), tnorm=tuple(args.tnorm),
+                        num_cameras=num_cameras if args.tnorm else None, mix=args.aibn_mix,
+                        gate_init=args.aibn_gate_init, tnorm_mode=args.tnorm_mode,
+                        last_stride=args.last_stride, num_classes=0)
+
+
+def _resume(args):
+    if args.resume is None:
+        if args.method is None:
+            raise ValueError("--method is required (supervised, isr or moco) unless --resume RUN is given")
+        return resolve_args(args), None
+    prepare_run_dir(args.resume, resuming=True)
+    state = load_state(args.resume)
+    stored = argparse.Namespace(**{**vars(get_args_parser().parse_args(["--method", "isr"])), **state["args"]})
+    for key in _RUNTIME_OPTIONS:
+        setattr(stored, key, getattr(args, key))
+    stored.resume, stored.output = args.resume, args.resume
+    return stored, state
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run (or resume) one pretraining; returns the final metrics."""
+    from timm_reid.backbone import BACKBONE_FILE, save_backbone
+
+    args, state = _resume(args)
+    check_args(args)
+    run_dir = prepare_run_dir(args.output, resuming=state is not None)
+    args_dict = {k: v for k, v in vars(args).items() if k != "resume"}
+    if state is None:
+        write_json(args_dict, os.path.join(run_dir, "config.json"))
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    start = time.perf_counter()
+    seed_all(args.seed)  # the initial weights; each epoch reseeds itself
+    task, finish = _BUILDERS[args.method](args, run_dir)
+    history = fit(task, run_dir=run_dir, args_dict=args_dict, epochs=args.epochs, lr=args.lr,
+                  weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed,
+                  state=state, progress=not args.no_progress)
+    backbone = task.modules["backbone"].eval()
+    final = finish(backbone)
+    extra = {"method": args.method, "epochs": args.epochs, "seed": args.seed, "trained_with": args_dict,
+             "final": final}
+    path = save_backbone(backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
+                         input_size=(args.height, args.width), extra=extra)
+    result = {"method": args.method, "backbone": path, "epochs": len(history),
+              "last_epoch": history[-1] if history else {}, "final": final,
+              "wall_time_s": round(time.perf_counter() - start, 1)}
+    write_json(result, os.path.join(run_dir, "final_metrics.json"))
+    return result
+
+
+def _build_supervised(args, run_dir):
+    from timm_reid.data import build_transforms
+    from timm_reid.pretrain.supervised import SupervisedTask, load_source
+    from timm_reid.pretrain.zero_shot import zero_shot
+
+    dataset = load_source(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.source_seed,
+                          num_cameras=args.source_cameras, num_identities=args.source_identities,
+                          num_test_identities=args.source_test_identities, height=args.height, width=args.width)
+    if not args.no_progress:
+        print(dataset.summary())
+    transform = build_transforms(args.height, args.width, train=True, pad=args.pad,
+                                 random_erasing_p=args.random_erasing)
+    backbone = build_backbone(args, dataset.num_cameras)
+    task = SupervisedTask(backbone, dataset.train, transform=transform, batch_size=args.batch_size,
+                          num_instances=args.num_instances, margin=args.margin, seed=args.seed,
+                          workers=args.workers, device=args.device)
+
+    def finish(model):
+        if not (dataset.query and dataset.gallery):
+            return {}
+        return {"source_test": zero_shot(model, dataset, height=args.height, width=args.width,
+                                         workers=args.workers)}
+
+    return task, finish
+
+
+_BUILDERS = {"supervised": _build_supervised}
