@@ -5,13 +5,15 @@
 ``--data`` is a synthetic target dataset folder (generated there with ``--seed`` if missing, with the
 demo's generator settings), or any Market-layout folder. Prints one JSON line per variant: the
 unpatched backbone, AIBN by replacement (the papers) with and without re-estimated running
-statistics, and AIBN blended in beside the original norm (``entry="blend"``), each with AIBN in the
+statistics and a least-squares refit of the affine to the replaced norm's output (both on
+``--calibration-images`` train images, no labels), and AIBN blended in beside the original norm (``entry="blend"``), each with AIBN in the
 given stages; ``max_abs_diff`` is the largest feature difference to the unpatched backbone on the
 query images (0 means the pretrained function is kept exactly).
 """
 import argparse
 import json
 import time
+import warnings
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,11 +26,14 @@ from timm_reid.layers.calibrate import calibrate_aibn
 
 
 def variants(aibn):
-    yield "unpatched", {}, False
+    """(name, patch keywords, calibration: None, "stats" or "stats+affine")."""
+    yield "unpatched", {}, None
     for gate_init in (0.1, 1.0):
-        yield f"replace gate {gate_init}", dict(aibn=aibn, entry="replace", gate_init=gate_init), False
-        yield f"replace gate {gate_init} + calibrated stats", dict(aibn=aibn, entry="replace", gate_init=gate_init), True
-    yield "blend", dict(aibn=aibn, entry="blend"), False
+        replace = dict(aibn=aibn, entry="replace", gate_init=gate_init)
+        yield f"replace gate {gate_init}", replace, None
+        yield f"replace gate {gate_init} + calibrated stats", replace, "stats"
+        yield f"replace gate {gate_init} + calibrated stats + fitted affine", replace, "stats+affine"
+    yield "blend", dict(aibn=aibn, entry="blend"), None
 
 
 def zero_shot(model, dataset, transform):
@@ -63,12 +68,16 @@ def main():
     dataset = build_dataset("synthetic", args.data, seed=args.seed, image_size=(h, w))
     test_tf = build_transforms(h, w, train=False)
     reference = None
+    build = lambda **patch: timm_reid.create_model(meta["model_name"], **patch, **meta["timm_kwargs"],  # noqa: E731
+                                                   checkpoint_path=args.backbone).eval()
     for name, patch, calibrate in variants(args.aibn):
         t0 = time.time()
-        model = timm_reid.create_model(meta["model_name"], **patch, **meta["timm_kwargs"],
-                                       checkpoint_path=timm_reid.backbone._resolve(args.backbone)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the replacement's warning is what this measures
+            model = build(**patch)
         if calibrate:
-            calibrate_aibn(model, calibration_batches(dataset, test_tf, args.calibration_images, args.seed))
+            batches = calibration_batches(dataset, test_tf, args.calibration_images, args.seed)
+            calibrate_aibn(model, batches, reference=build() if calibrate == "stats+affine" else None)
         feats, metrics = zero_shot(model, dataset, test_tf)
         reference = feats if reference is None else reference
         print(json.dumps({"variant": name, "model": meta["model_name"], "aibn": args.aibn if patch else [],

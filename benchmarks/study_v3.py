@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RESULTS = os.path.join(HERE, "results", "v3")
@@ -69,28 +68,42 @@ def run_all(args):
     log = os.path.join(args.results, "runs.jsonl")
     os.makedirs(args.results, exist_ok=True)
     rows = [r for g in args.rows for r in GROUPS.get(g, [g])]
+    done = _recorded(log)
     for seed in args.seeds:
         for init, path in inits.items():
             for row in rows:
                 for centre in args.centre:
                     out = run_dir(args.results, init, row, seed, args.rounds, centre)
-                    if os.path.isfile(os.path.join(out, "final_metrics.json")):
+                    if _relative(out) in done:
                         continue
                     argv = argv_for(args.results, path, row, seed, args.rounds, centre, out)
-                    print("running", " ".join(argv[1:]), flush=True)
-                    t0 = time.time()
-                    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                    if not os.path.isfile(os.path.join(out, "final_metrics.json")):  # else: finished, unrecorded
+                        print("running", " ".join(argv[1:]), flush=True)
+                        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
                     with open(os.path.join(out, "final_metrics.json")) as f:
                         result = json.load(f)
-                    record = {"init": init, "init_path": path, "row": row, "seed": seed, "rounds": args.rounds,
-                              "centre": centre, "argv": ["python", *argv[1:]], "seconds": round(time.time() - t0, 1),
+                    record = {"init": init, "init_path": _relative(path), "row": row, "seed": seed,
+                              "rounds": args.rounds, "centre": centre, "output": _relative(out),
+                              "argv": ["python", *map(_relative, argv[1:])], "seconds": result["wall_time_s"],
                               "initial": result["initial"], "final": result["final"]}
                     with open(log, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     print(json.dumps({k: record[k] for k in ("init", "row", "seed", "centre", "seconds")}
                                      | {"mAP": [round(100 * record["initial"]["mAP"], 1),
                                                 round(100 * record["final"]["mAP"], 1)]}), flush=True)
+
+
+def _recorded(log):
+    if not os.path.isfile(log):
+        return set()
+    with open(log) as f:
+        return {json.loads(line).get("output") for line in f if line.strip()}
+
+
+def _relative(arg):
+    """Paths inside the repository as the repository-relative paths a reader can re-run."""
+    return os.path.relpath(arg) if os.path.isabs(arg) and arg.startswith(os.getcwd() + os.sep) else arg
 
 
 def report(results):

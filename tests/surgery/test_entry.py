@@ -149,3 +149,28 @@ def test_replacing_trained_layernorms_warns_and_names_the_exact_entry(tmp_path):
                                    input_size=(64, 32))
     with pytest.warns(UserWarning, match="replaced .* trained LayerNorm"):
         timm_reid.create_model("convnext_atto", num_classes=0, aibn=[4], checkpoint_path=path)
+
+
+def test_affine_refit_is_the_per_channel_least_squares_fit_to_the_replaced_norm():
+    import warnings
+    reference = _trained_like("convnext-nchw").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = patch(_copy(reference), aibn=[4], entry="replace").eval()
+    batches = [images(4, seed=s) for s in range(2)]
+    path, first = next((p, m) for p, m in model.named_modules() if isinstance(m, AIBN))
+    inputs = []
+    hook = first.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+    calibrate_aibn(model, batches, reference=reference)
+    hook.remove()
+    xs = torch.cat(inputs[-2:])  # the inputs of the affine pass (the earlier ones: statistics pass)
+    target = dict(reference.named_modules())[path](xs)
+    with torch.no_grad():
+        w, b = first.weight.clone(), first.bias.clone()
+        first.weight.fill_(1), first.bias.zero_()
+        z = first(xs)
+        first.weight.copy_(w), first.bias.copy_(b)
+    for c in range(z.shape[1]):
+        A = torch.stack([z[:, c].flatten(), torch.ones(z[:, c].numel())], 1).double()
+        solution = torch.linalg.lstsq(A, target[:, c].flatten().double()[:, None]).solution[:, 0]
+        torch.testing.assert_close(torch.stack([w[c], b[c]]).double(), solution, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,7 @@
 from . import functional
 from .aibn import AIBN
 from .blend import BlendedAIBN
+from .calibrate import calibrate_aibn
 from .backend import get_backend, set_backend, use_backend
 from .cameras import CameraContext, cameras, current_context
 from .tnorm import TNorm
@@ -11,6 +12,7 @@ __all__ = [
     "BlendedAIBN",
     "TNorm",
     "CameraContext",
+    "calibrate_aibn",
     "cameras",
     "current_context",
     "functional",
