@@ -106,6 +106,28 @@ def _relative(arg):
     return os.path.relpath(arg) if os.path.isabs(arg) and arg.startswith(os.getcwd() + os.sep) else arg
 
 
+def entry_table(results):
+    """Zero-shot mAP right after patching (``benchmarks/entry.py`` output, one file per seed)."""
+    by_variant = {}
+    for name in sorted(os.listdir(results)):
+        if name.startswith("entry-seed") and name.endswith(".jsonl"):
+            with open(os.path.join(results, name)) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            base = next((r["mAP"] for r in rows if r["variant"] == "unpatched"), None)
+            if base is None:  # still being written
+                continue
+            for r in rows:
+                by_variant.setdefault(r["variant"], []).append((r["mAP"], r["rank1"], 100 * r["mAP"] / base,
+                                                               r["max_abs_diff"]))
+    lines = ["| variant (AIBN 3-4) | seeds | zero-shot mAP | rank-1 | % of unpatched mAP | max feature diff |",
+             "|---|---|---|---|---|---|"]
+    for variant, values in by_variant.items():
+        cols = list(zip(*values))
+        lines.append(f"| {variant} | {len(values)} | {_ms(cols[0])} | {_ms(cols[1])} | {_ms(cols[2])} | "
+                     f"{max(cols[3]):.3g} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(results):
     with open(os.path.join(results, "runs.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -125,7 +147,8 @@ def report(results):
             f"{_ms(deltas)} ({sum(d > 0 for d in deltas)}/{len(deltas)} > 0)")
         lines.append(f"| {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
                      f"{_ms(fin)} | {_ms(r1)} | {delta} |")
-    text = "\n".join(lines) + "\n"
+    text = ("## Zero-shot right after patching\n\n" + entry_table(results) + "\n## After training\n\n"
+            + "\n".join(lines) + "\n")
     with open(os.path.join(results, "tables.md"), "w") as f:
         f.write(text)
     print(text)
