@@ -248,6 +248,19 @@ def test_bad_constructor_arguments():
         AIBN(3)(torch.ones(2, 3, 2, 2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_features": True}, "num_features must be a positive int, got True"),
+    ({"num_features": 3, "gate_init": 5.0}, r"gate_init must be a number in \[0, 1\], got 5.0"),
+    ({"num_features": 3, "gate_init": -0.1}, r"gate_init must be a number in \[0, 1\]"),
+    ({"num_features": 3, "gate_init": True}, r"gate_init must be a number in \[0, 1\], got True"),
+    ({"num_features": 3, "gate_init": "0.1"}, r"gate_init must be a number"),
+])
+def test_counts_and_gate_init_are_checked_as_patch_checks_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AIBN(**kwargs)
+    assert AIBN(3, gate_init=1).gate.item() == 1.0  # the ends of [0, 1] and ints are fine
+
+
 def test_extra_repr_names_backend():
     assert "backend='auto'" in repr(AIBN(3))
     assert "channels_last=True" in repr(AIBN(3, channels_last=True))
