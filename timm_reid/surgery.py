@@ -1,4 +1,4 @@
-"""`patch()`: put AIBN and TNorm into a timm or torchvision backbone, in place (DESIGN.md section 4).
+"""`patch()`: put AIBN and TNorm into a timm or torchvision backbone, in place (docs/DESIGN.md section 4).
 
     model = timm.create_model("convnext_tiny", pretrained=True, num_classes=0)
     timm_reid.patch(model, aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=6)

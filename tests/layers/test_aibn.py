@@ -1,4 +1,4 @@
-"""AIBN against independent formulas (DESIGN.md 3.1), written out here sample by sample."""
+"""AIBN against independent formulas (docs/DESIGN.md 3.1), written out here sample by sample."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ EPS = 1e-5
 
 
 def independent_aibn(x, weight, bias, gate, running_mean, running_var, training, mix="var"):
-    """DESIGN.md 3.1 in float64 with explicit loops: the raw formulas, not the library's forms."""
+    """docs/DESIGN.md 3.1 in float64 with explicit loops: the raw formulas, not the library's forms."""
     x = x.double()
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)

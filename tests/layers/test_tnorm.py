@@ -1,4 +1,4 @@
-"""TNorm against an independent per-camera formula (DESIGN.md 3.2, IIDS reference behaviour)."""
+"""TNorm against an independent per-camera formula (docs/DESIGN.md 3.2, IIDS reference behaviour)."""
 from __future__ import annotations
 
 import pytest

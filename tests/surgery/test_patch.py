@@ -23,7 +23,7 @@ def of_type(model: nn.Module, kind: type) -> dict:
     return {path: module for path, module in model.named_modules() if isinstance(module, kind)}
 
 
-# --------------------------------------------------------------------------- exact counts (issue 4)
+# --------------------------------------------------------------------------- exact counts
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def of_type(model: nn.Module, kind: type) -> dict:
     ],
     ids=["timm-convnext_tiny", "tv-convnext_tiny", "timm-resnet50", "tv-resnet50"],
 )
-def test_exact_counts_of_the_issue(build, aibn_count, gate_count):
+def test_exact_counts_at_the_papers_configuration(build, aibn_count, gate_count):
     model = patch(build(), aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=6)
     counts = describe(model).counts
     assert (counts["AIBN"], counts["gates"], counts["TNorm"]) == (aibn_count, gate_count, 3)
