@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from ._apply import apply_affine
-from ._stats import _finalize_kernel, instance_partials
+from ._stats import finalize, instance_partials, no_partials
 from ._utils import define_op, finalize_blocks, ncl_view, prune_tile_configs, should_launch, split_plan, tile_configs
 
 __all__ = ["segmented_forward", "segmented_backward", "segment_norm_forward", "gate_grad"]
@@ -302,46 +302,15 @@ def segmented_forward(
     xv, n, c, l, _ = ncl_view(x, channels_last)
     if need_instance is None:
         need_instance = training or gate is not None
-    f32 = dict(dtype=torch.float32, device=x.device)
-    if partials is not None:
-        pmean, pm2, n_split, chunk = partials
-    elif need_instance:
-        pmean, pm2, n_split, chunk = instance_partials(xv, channels_last)
-    else:
-        pmean = pm2 = torch.empty((0,), **f32)
-        n_split, chunk = 1, l
-    nc = (n, c)
-    mu_in, var_in, mu_b, var_b, a, b, mean, rstd = (torch.empty(nc, **f32) for _ in range(8))
-    seg_shape = (num_segments, c) if training else (0,)
-    seg_mean, seg_var = torch.empty(seg_shape, **f32), torch.empty(seg_shape, **f32)
-    if update_running:
-        new_rm = torch.empty((num_segments, c), dtype=running_mean.dtype, device=x.device)
-        new_rv = torch.empty((num_segments, c), dtype=running_var.dtype, device=x.device)
-    else:
-        new_rm = torch.empty((0,), dtype=x.dtype, device=x.device)
-        new_rv = torch.empty((0,), dtype=x.dtype, device=x.device)
-    dummy = mu_in
-    block_n, block_c, warps = finalize_blocks(n)
-    if should_launch(x):
-        wrap_triton(_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            pmean, pm2, segments, segments,
-            dummy if gate is None else gate,
-            dummy if weight is None else weight,
-            dummy if bias is None else bias,
-            dummy if running_mean is None else running_mean,
-            dummy if running_var is None else running_var,
-            dummy if running_mean is None else running_mean,
-            dummy if running_var is None else running_var,
-            new_rm if update_running else dummy, new_rv if update_running else dummy,
-            mu_in, var_in, seg_mean if training else dummy, seg_var if training else dummy,
-            mu_b, var_b, a, b, mean, rstd,
-            n, c, l, num_segments, n_split, chunk, momentum, eps,
-            TRAINING=training, NEED_INSTANCE=need_instance, HAS_GATE=gate is not None, MIX_STD=mix_std,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, UPDATE_RUNNING=update_running,
-            CONVERT=False, WRITE_COEF=True, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
-        )
-    y = apply_affine(xv, a, channels_last, c=b, like=x)
-    return y, mu_in, var_in, mu_b, var_b, mean, rstd, new_rm, new_rv
+    if partials is None:
+        partials = instance_partials(xv, channels_last) if need_instance else no_partials(l, x.device)
+    out = finalize(
+        partials, segments, num_segments, (n, c, l), training=training, need_instance=need_instance,
+        gate=gate, weight=weight, bias=bias, running=(running_mean, running_var), mix_std=mix_std,
+        update_running=update_running, momentum=momentum, eps=eps,
+    )
+    y = apply_affine(xv, out.a, channels_last, c=out.b, like=x)
+    return y, out.mu_in, out.var_in, out.mu_b, out.var_b, out.mean, out.rstd, out.new_rm, out.new_rv
 
 
 def segmented_backward(

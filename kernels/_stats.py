@@ -15,7 +15,7 @@ runs are bitwise equal.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -282,6 +282,94 @@ def instance_partials(x: Tensor, channels_last: bool) -> Tuple[Tensor, Tensor, i
     return pmean, pm2, n_split, chunk
 
 
+class Finalized(NamedTuple):
+    """Outputs of one :func:`finalize` launch; tensors not computed by that launch are empty."""
+
+    mu_in: Tensor  # (N, C) fp32 instance mean
+    var_in: Tensor  # (N, C) fp32 unbiased instance variance
+    seg_mean: Tensor  # (S, C) fp32 batch statistics of each segment (training)
+    seg_var: Tensor
+    new_rm: Tensor  # (S, C) updated running statistics (update_running), running dtype
+    new_rv: Tensor
+    mu_b: Tensor  # (N, C) fp32 batch-side statistics used by each sample (write_coef, no convert)
+    var_b: Tensor
+    a: Tensor  # (N, C) fp32 output scale and shift: y = x * a + b (write_coef)
+    b: Tensor
+    mean: Tensor  # (N, C) fp32 mixed mean and 1 / sqrt(var + eps) (write_coef, no convert)
+    rstd: Tensor
+
+
+def finalize(
+    partials: Tuple[Tensor, Tensor, int, int],
+    segments: Tensor,
+    num_segments: int,
+    shape: Tuple[int, int, int],
+    *,
+    training: bool,
+    need_instance: bool,
+    targets: Optional[Tensor] = None,
+    gate: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    running: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+    source: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+    mix_std: bool = False,
+    update_running: bool = False,
+    convert: bool = False,
+    write_coef: bool = True,
+    momentum: float = 0.0,
+    eps: float = 0.0,
+) -> Finalized:
+    """Launch :func:`_finalize_kernel` (one program per channel block) and return its outputs.
+
+    ``partials`` are those of :func:`instance_partials` (empty when ``need_instance`` is False),
+    ``shape`` is ``(N, C, L)``; ``running`` the (R, C) running tables (read for the update and as
+    conversion targets), ``source`` the tables of the eval batch side (default: ``running``).
+    """
+    pmean, pm2, n_split, chunk = partials
+    n, c, l = shape
+    rm, rv = running
+    src_m, src_v = source if source[0] is not None else running
+    f32 = dict(dtype=torch.float32, device=segments.device)
+    mu_in, var_in = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
+    seg = (num_segments, c) if training else (0,)
+    coef = (n, c) if write_coef else (0,)
+    side = (n, c) if write_coef and not convert else (0,)
+    new_shape = (num_segments, c) if update_running else (0,)
+    like = rm if rm is not None else mu_in
+    out = Finalized(
+        mu_in, var_in, torch.empty(seg, **f32), torch.empty(seg, **f32),
+        torch.empty(new_shape, dtype=like.dtype, device=like.device),
+        torch.empty(new_shape, dtype=like.dtype, device=like.device),
+        *(torch.empty(side, **f32) for _ in range(2)), *(torch.empty(coef, **f32) for _ in range(2)),
+        *(torch.empty(side, **f32) for _ in range(2)),
+    )
+    if not should_launch(segments, mu_in):
+        return out
+
+    def arg(t: Optional[Tensor]) -> Tensor:
+        return mu_in if t is None or t.numel() == 0 else t  # pointer of an argument the variant never reads
+
+    block_n, block_c, warps = finalize_blocks(n)
+    wrap_triton(_finalize_kernel)[(triton.cdiv(c, block_c),)](
+        pmean, pm2, segments, segments if targets is None else targets, arg(gate), arg(weight), arg(bias),
+        arg(rm), arg(rv), arg(src_m), arg(src_v), arg(out.new_rm), arg(out.new_rv),
+        mu_in, var_in, arg(out.seg_mean), arg(out.seg_var), arg(out.mu_b), arg(out.var_b), arg(out.a), arg(out.b),
+        arg(out.mean), arg(out.rstd),
+        n, c, l, num_segments, n_split, chunk, momentum, eps,
+        TRAINING=training, NEED_INSTANCE=need_instance, HAS_GATE=gate is not None, MIX_STD=mix_std,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, UPDATE_RUNNING=update_running,
+        CONVERT=convert, WRITE_COEF=write_coef, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
+    )
+    return out
+
+
+def no_partials(l: int, device) -> Tuple[Tensor, Tensor, int, int]:
+    """The ``partials`` argument of :func:`finalize` when no instance statistics are needed."""
+    empty = torch.empty((0,), dtype=torch.float32, device=device)
+    return empty, empty, 1, l
+
+
 def local_segment_stats(
     x: Tensor, segments: Tensor, num_segments: int, channels_last: bool
 ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor, int, int]]:
@@ -289,20 +377,5 @@ def local_segment_stats(
     with ``(S, C)`` fp32 statistics (empty segments: 0) and the stage-1 partials for reuse."""
     xv, n, c, l, _ = ncl_view(x, channels_last)
     partials = instance_partials(xv, channels_last)
-    pmean, pm2, n_split, chunk = partials
-    f32 = dict(dtype=torch.float32, device=x.device)
-    mu_in, var_in = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
-    seg_mean = torch.empty((num_segments, c), **f32)
-    seg_var = torch.empty((num_segments, c), **f32)
-    block_n, block_c, warps = finalize_blocks(n)
-    d = mu_in
-    if should_launch(xv):
-        wrap_triton(_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            pmean, pm2, segments, segments, d, d, d, d, d, d, d, d, d,
-            mu_in, var_in, seg_mean, seg_var, d, d, d, d, d, d,
-            n, c, l, num_segments, n_split, chunk, 0.0, 0.0,
-            TRAINING=True, NEED_INSTANCE=True, HAS_GATE=False, MIX_STD=False, HAS_WEIGHT=False,
-            HAS_BIAS=False, UPDATE_RUNNING=False, CONVERT=False, WRITE_COEF=False,
-            BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
-        )
-    return seg_mean, seg_var, partials
+    out = finalize(partials, segments, num_segments, (n, c, l), training=True, need_instance=True, write_coef=False)
+    return out.seg_mean, out.seg_var, partials

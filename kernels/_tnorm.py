@@ -30,8 +30,8 @@ from . import _contract, _utils
 from ._apply import apply_affine
 from ._distributed import distributed_segment_norm, global_segment_stats, update_rows
 from ._segment_norm import segment_norm_forward
-from ._stats import _finalize_kernel, instance_partials
-from ._utils import check_running, define_op, finalize_blocks, ncl_view, prune_tile_configs, should_launch, tile_configs
+from ._stats import finalize, instance_partials, no_partials
+from ._utils import check_running, define_op, ncl_view, prune_tile_configs, should_launch, tile_configs
 
 __all__ = ["tnorm", "tnorm_fanout"]
 
@@ -84,66 +84,6 @@ def _fanout_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _convert_or_update(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    segments: Tensor,
-    targets: Tensor,
-    num_segments: int,
-    training: bool,
-    update_running: bool,
-    convert: bool,
-    momentum: float,
-    eps: float,
-    channels_last: bool,
-    src_mean: Optional[Tensor] = None,
-    src_var: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, scale, new_running_mean, new_running_var)``; y and scale are empty unless ``convert``,
-    the running stats are empty unless ``update_running``. Eval-path sources are the rows
-    ``segments[n]`` of ``src_mean/src_var`` (default: the running stats)."""
-    xv, n, c, l, _ = ncl_view(x, channels_last)
-    f32 = dict(dtype=torch.float32, device=x.device)
-    if training:
-        pmean, pm2, n_split, chunk = instance_partials(xv, channels_last)
-    else:
-        pmean = pm2 = torch.empty((0,), **f32)
-        n_split, chunk = 1, l
-    nc = (n, c) if convert else (0,)
-    scale, shift = torch.empty(nc, **f32), torch.empty(nc, **f32)
-    inst = (n, c) if training else (0,)
-    mu_in, var_in = torch.empty(inst, **f32), torch.empty(inst, **f32)
-    seg = (num_segments, c) if training else (0,)
-    seg_mean, seg_var = torch.empty(seg, **f32), torch.empty(seg, **f32)
-    if update_running:
-        new_rm = torch.empty((num_segments, c), dtype=running_mean.dtype, device=x.device)
-        new_rv = torch.empty((num_segments, c), dtype=running_var.dtype, device=x.device)
-    else:
-        new_rm = torch.empty((0,), dtype=running_mean.dtype, device=x.device)
-        new_rv = torch.empty((0,), dtype=running_var.dtype, device=x.device)
-    dummy = running_mean
-    block_n, block_c, warps = finalize_blocks(n)
-    if should_launch(x):
-        wrap_triton(_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            pmean, pm2, segments, targets, dummy, dummy, dummy, running_mean, running_var,
-            running_mean if src_mean is None else src_mean, running_var if src_var is None else src_var,
-            new_rm if update_running else dummy, new_rv if update_running else dummy,
-            mu_in if training else dummy, var_in if training else dummy,
-            seg_mean if training else dummy, seg_var if training else dummy,
-            dummy, dummy, scale if convert else dummy, shift if convert else dummy, dummy, dummy,
-            n, c, l, num_segments, n_split, chunk, momentum, eps,
-            TRAINING=training, NEED_INSTANCE=training, HAS_GATE=False, MIX_STD=False,
-            HAS_WEIGHT=False, HAS_BIAS=False, UPDATE_RUNNING=update_running,
-            CONVERT=convert, WRITE_COEF=convert, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
-        )
-    if convert:
-        y = apply_affine(xv, scale, channels_last, c=shift, like=x)
-    else:
-        y = torch.empty((0,), dtype=x.dtype, device=x.device)
-    return y, scale, new_rm, new_rv
-
-
 @define_op("timm_reid::tnorm_convert")
 def _tnorm_convert(
     x: Tensor,
@@ -160,10 +100,18 @@ def _tnorm_convert(
     src_mean: Optional[Tensor] = None,
     src_var: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _convert_or_update(
-        x, running_mean, running_var, segments, targets, num_segments, training, update_running, True,
-        momentum, eps, channels_last, src_mean, src_var,
+    """``(y, scale, new_running_mean, new_running_var)``: every sample re-styled from its source
+    statistics (training: the batch statistics of its segment; eval: rows ``segments[n]`` of
+    ``src_mean/src_var``, default the running tables) to the running row ``targets[n]``; the running
+    statistics are updated (returned, empty otherwise) when ``update_running``."""
+    xv, n, c, l, _ = ncl_view(x, channels_last)
+    partials = instance_partials(xv, channels_last) if training else no_partials(l, x.device)
+    out = finalize(
+        partials, segments, num_segments, (n, c, l), training=training, need_instance=training, targets=targets,
+        running=(running_mean, running_var), source=(src_mean, src_var), update_running=update_running,
+        convert=True, momentum=momentum, eps=eps,
     )
+    return apply_affine(xv, out.a, channels_last, c=out.b, like=x), out.a, out.new_rm, out.new_rv
 
 
 @define_op("timm_reid::tnorm_statistics")
@@ -176,11 +124,13 @@ def _tnorm_statistics(
     momentum: float,
     channels_last: bool,
 ) -> Tuple[Tensor, Tensor]:
-    _, _, new_rm, new_rv = _convert_or_update(
-        x, running_mean, running_var, segments, segments, num_segments, True, True, False,
-        momentum, 0.0, channels_last,
+    xv, n, c, l, _ = ncl_view(x, channels_last)
+    out = finalize(
+        instance_partials(xv, channels_last), segments, num_segments, (n, c, l), training=True,
+        need_instance=True, running=(running_mean, running_var), update_running=True, write_coef=False,
+        momentum=momentum,
     )
-    return new_rm, new_rv
+    return out.new_rm, out.new_rv
 
 
 @define_op("timm_reid::channel_scale")

@@ -39,14 +39,14 @@ import torch
 from torch import nn
 
 from ._families import Family, NormSite, Stage, find_family, norm_sites, stage_channels, unstride_stage4
+from .kernels._contract import MIX_MODES as MIXES
+from .kernels._contract import TNORM_MODES
 from .layers import AIBN, TNorm
 from .layers.cameras import CameraContext
 
 __all__ = ["patch", "describe", "Description", "PatchedLayer", "GATES"]
 
 GATES = ("block", "layer", "stage")
-MIXES = ("var", "std")
-TNORM_MODES = ("transform", "normalize")
 CAMERA_KWARGS = ("camids", "convert", "targets")
 
 CONFIG_ATTR = "timm_reid_config"
