@@ -119,11 +119,40 @@ def _bwd_finalize_kernel(
         gamma = tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     else:
         gamma = tl.full([BLOCK_C], 1.0, dtype=tl.float32)
+    # Pass A: dL/dmean and dL/dvar of each (n, c), parameter gradients, gate gradient.
+    _stat_grads(ps1_ptr, ps2_ptr, mu_in_ptr, var_in_ptr, mu_b_ptr, var_b_ptr, rstd_ptr, g_mu_ptr, g_var_ptr,
+                dweight_ptr, dbias_ptr, dgate_ptr, gamma, w, cols, cmask, N, C, n_split, HAS_GATE, MIX_STD,
+                BLOCK_N, BLOCK_C)
+    tl.debug_barrier()
+
+    # Pass B: gradients reaching each segment's batch statistics, divided by the segment size.
+    if TRAINING and SEG_MODE != 2:
+        _segment_grad_sums(seg_ptr, g_mu_ptr, g_var_ptr, var_in_ptr, var_b_ptr, seg_gmu_ptr, seg_gvar_ptr, w, cols,
+                           cmask, N, C, S, HAS_GATE, MIX_STD, SEG_MODE, BLOCK_N, BLOCK_C)
+        tl.debug_barrier()
+
+    # Pass C: chain to the instance statistics and fold into dx = A * dy + B * (x - mu_in) + C0.
+    if SEG_MODE != 1:
+        _bwd_coefficients(
+            seg_ptr, g_mu_ptr, g_var_ptr, mu_in_ptr, var_in_ptr, mu_b_ptr, var_b_ptr, rstd_ptr,
+            seg_gmu_ptr, seg_gvar_ptr, coef_a_ptr, coef_b_ptr, coef_c_ptr, gamma, w, cols, cmask, N, C, L,
+            TRAINING, NEED_INSTANCE, MIX_STD, BLOCK_N, BLOCK_C,
+        )
+
+
+
+
+@triton.jit
+def _stat_grads(ps1_ptr, ps2_ptr, mu_in_ptr, var_in_ptr, mu_b_ptr, var_b_ptr, rstd_ptr, g_mu_ptr, g_var_ptr,
+                dweight_ptr, dbias_ptr, dgate_ptr, gamma, w, cols, cmask, N, C, n_split, HAS_GATE: tl.constexpr,
+                MIX_STD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Pass A of :func:`_bwd_finalize_kernel` (arguments as there): the L-split partial sums give
+    dL/dmean and dL/dvar of each (n, c) (stored for passes B and C), dweight, dbias and the
+    per-channel gate gradient."""
     dweight = tl.zeros([BLOCK_C], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_C], dtype=tl.float32)
     dgate = tl.zeros([BLOCK_C], dtype=tl.float32)
 
-    # Pass A: dL/dmean and dL/dvar of each (n, c), parameter gradients, gate gradient.
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
         mask = (ns < N)[:, None] & cmask[None, :]
@@ -159,23 +188,6 @@ def _bwd_finalize_kernel(
     tl.store(dweight_ptr + cols, dweight, mask=cmask)
     tl.store(dbias_ptr + cols, dbias, mask=cmask)
     tl.store(dgate_ptr + cols, dgate, mask=cmask)
-    tl.debug_barrier()
-
-    # Pass B: gradients reaching each segment's batch statistics, divided by the segment size.
-    if TRAINING and SEG_MODE != 2:
-        _segment_grad_sums(seg_ptr, g_mu_ptr, g_var_ptr, var_in_ptr, var_b_ptr, seg_gmu_ptr, seg_gvar_ptr, w, cols,
-                           cmask, N, C, S, HAS_GATE, MIX_STD, SEG_MODE, BLOCK_N, BLOCK_C)
-        tl.debug_barrier()
-
-    # Pass C: chain to the instance statistics and fold into dx = A * dy + B * (x - mu_in) + C0.
-    if SEG_MODE != 1:
-        _bwd_coefficients(
-            seg_ptr, g_mu_ptr, g_var_ptr, mu_in_ptr, var_in_ptr, mu_b_ptr, var_b_ptr, rstd_ptr,
-            seg_gmu_ptr, seg_gvar_ptr, coef_a_ptr, coef_b_ptr, coef_c_ptr, gamma, w, cols, cmask, N, C, L,
-            TRAINING, NEED_INSTANCE, MIX_STD, BLOCK_N, BLOCK_C,
-        )
-
-
 
 
 @triton.jit
