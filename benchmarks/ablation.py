@@ -132,7 +132,7 @@ STUDIES = {
 # - IICS (CVPR 2021) and IIDS (TPAMI 2022), full method with ResNet-50: as listed in the README of
 #   the authors' repository github.com/SY-Xuan/IIDS ("Results" table).
 # - Qureshi & Dehghani: Iso-ConvNeXt-S mAP 72.7 without and 79.7 with AIBN + TNorm (rank-1 not
-#   given here); ConvNeXt-B 83.1 mAP (as summarised in DESIGN.md).
+#   given here); ConvNeXt-B 83.1 mAP (their Table 2, Market-1501).
 # Every other cell is "n/a (not reported here)": the per-row ablation tables of the papers are not
 # reproduced from memory.
 PAPER = {

@@ -6,8 +6,8 @@
 Every row is one JSON object. Rows of ``"kind": "traffic"`` hold the traffic model (bytes read and
 written in HBM per call, and the time those bytes take at H100 HBM3 bandwidth, 3.35 TB/s):
 
-* ``impl="triton"``: the fused kernels, from their launch plans (``kernels/aibn.py``,
-  ``kernels/tnorm.py`` docstrings), as activation-sized reads and writes; per-channel statistics
+* ``impl="triton"``: the fused kernels, from their launch plans (``kernels/_segment_norm.py``,
+  ``kernels/_tnorm.py`` docstrings), as activation-sized reads and writes; per-channel statistics
   are ignored (they are 1/L of an activation).
 * ``impl="eager"``: the PyTorch composition ``timm_reid.layers.functional`` (forward, and the
   backward autograd builds from it), *counted*, not estimated: every aten op it dispatches reads its

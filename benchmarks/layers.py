@@ -2,8 +2,8 @@
 
 Prints JSON lines: median / p20 / p80 time of one training step of the layer (forward and
 backward with a fixed grad_output) and the activation memory each keeps for backward (bytes of
-the distinct storages autograd saves, the layer input included, measured with saved_tensors_hooks), at the two shapes of
-issue 2: ResNet layer3 (64, 1024, 16, 8) NCHW and a ConvNeXt stage-3 block (64, 16, 8, 384) NHWC.
+the distinct storages autograd saves, the layer input included, measured with saved_tensors_hooks), at two shapes
+of 256x128 inputs, batch 64: ResNet layer3 (64, 1024, 16, 8) NCHW and a ConvNeXt stage-3 block (64, 16, 8, 384) NHWC.
 
     python benchmarks/layers.py [--reps 15] [--threads N]
 """

@@ -20,7 +20,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .aibn import gate_grad, local_segment_stats, segmented_backward, segmented_forward
+from ._segment_norm import gate_grad, segmented_backward, segmented_forward
+from ._stats import local_segment_stats
 
 
 def _all_reduce(t: Tensor, group) -> None:

@@ -11,7 +11,7 @@ into one strided axis (``stride_h != W * stride_w``, e.g. a spatial slice).
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 import triton
@@ -160,3 +160,13 @@ def should_launch(*tensors: torch.Tensor) -> bool:
     """False on fake tensors under the interpreter: the fake implementation of an opaque op only
     needs output shapes, and interpreted kernels would try to read the (absent) data."""
     return not (INTERPRET and any(is_fake(t) for t in tensors))
+
+
+def check_running(running: Optional[torch.Tensor], rows: int, c: int, name: str, op: str) -> None:
+    if running is None:
+        return
+    if running.numel() != rows * c or not running.is_contiguous():
+        raise ValueError(
+            f"{op}: {name} must be a contiguous tensor of {rows * c} elements ({rows} x {c}), "
+            f"got shape {tuple(running.shape)} with strides {running.stride()}"
+        )

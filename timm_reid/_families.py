@@ -34,7 +34,7 @@ _NORM_BASES = (
 
 @dataclass(frozen=True)
 class Family:
-    """Facts about one model family; stage numbers k start at 1 (DESIGN.md section 4).
+    """Facts about one model family; stage numbers k start at 1 (docs/DESIGN.md section 4).
 
     Attributes:
         name: shown by `describe()` and in error messages.

@@ -1,4 +1,4 @@
-"""`patch()`: put AIBN and TNorm into a timm or torchvision backbone, in place (DESIGN.md section 4).
+"""`patch()`: put AIBN and TNorm into a timm or torchvision backbone, in place (docs/DESIGN.md section 4).
 
     model = timm.create_model("convnext_tiny", pretrained=True, num_classes=0)
     timm_reid.patch(model, aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=6)
@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from ._families import Family, NormSite, Stage, find_family, norm_sites, stage_channels, unstride_stage4
+from .kernels._contract import MIX_MODES as MIXES
+from .kernels._contract import TNORM_MODES
 from .layers import AIBN, TNorm
 from .layers.blend import BlendedAIBN
 from .layers.cameras import CameraContext
@@ -47,9 +49,7 @@ from .layers.cameras import CameraContext
 __all__ = ["patch", "describe", "Description", "PatchedLayer", "GATES"]
 
 GATES = ("block", "layer", "stage")
-MIXES = ("var", "std")
 ENTRIES = ("replace", "blend")
-TNORM_MODES = ("transform", "normalize")
 CAMERA_KWARGS = ("camids", "convert", "targets")
 
 CONFIG_ATTR = "timm_reid_config"

@@ -17,8 +17,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
 
-A = importlib.import_module("timm_reid.kernels.aibn")
-T = importlib.import_module("timm_reid.kernels.tnorm")
+S = importlib.import_module("timm_reid.kernels._stats")
+P = importlib.import_module("timm_reid.kernels._apply")
+B = importlib.import_module("timm_reid.kernels._segment_norm")
+T = importlib.import_module("timm_reid.kernels._tnorm")
 TARGET = GPUTarget("cuda", 90, 32)
 F32 = "*fp32"
 
@@ -38,18 +40,18 @@ def compile_variant(kernel, types, consts, label):
 def main():
     ok = True
     for xdt in ("*fp32", "*bf16"):  # fp16 lowers like bf16 (16-bit loads, fp32 math)
-        ok &= compile_variant(A._instance_stats_kernel, {"x_ptr": xdt, "pmean_ptr": F32, "pm2_ptr": F32},
+        ok &= compile_variant(S._instance_stats_kernel, {"x_ptr": xdt, "pmean_ptr": F32, "pm2_ptr": F32},
                               {"BLOCK_L": 32, "BLOCK_C": 32}, f"instance_stats {xdt}")
         for has_v, has_c in ((True, True), (False, True), (False, False)):
             types = {"u_ptr": xdt, "v_ptr": xdt, "a_ptr": F32, "b_ptr": F32, "m_ptr": F32, "c_ptr": F32, "out_ptr": xdt}
-            ok &= compile_variant(A._apply_kernel, types, {"HAS_V": has_v, "HAS_C": has_c, "BLOCK_L": 64, "BLOCK_C": 16},
+            ok &= compile_variant(P._apply_kernel, types, {"HAS_V": has_v, "HAS_C": has_c, "BLOCK_L": 64, "BLOCK_C": 16},
                                   f"apply {xdt} HAS_V={has_v} HAS_C={has_c}")
         types = {"x_ptr": xdt, "dy_ptr": xdt, "mean_ptr": F32, "rstd_ptr": F32, "ps1_ptr": F32, "ps2_ptr": F32}
-        ok &= compile_variant(A._bwd_reduce_kernel, types, {"BLOCK_L": 16, "BLOCK_C": 64}, f"bwd_reduce {xdt}")
+        ok &= compile_variant(B._bwd_reduce_kernel, types, {"BLOCK_L": 16, "BLOCK_C": 64}, f"bwd_reduce {xdt}")
         types = {"x_ptr": xdt, "rm_ptr": F32, "rv_ptr": F32, "cam_ptr": "*i64", "out_ptr": xdt, "eps": "fp64"}
         ok &= compile_variant(T._fanout_kernel, types, {"BLOCK_L": 32, "BLOCK_C": 32}, f"fanout {xdt}")
 
-    types = {name: F32 for name in A._finalize_kernel.arg_names if name.endswith("_ptr")}
+    types = {name: F32 for name in S._finalize_kernel.arg_names if name.endswith("_ptr")}
     types.update({"seg_ptr": "*i64", "tgt_ptr": "*i64", "gate_ptr": "*bf16", "rm_ptr": "*fp16", "rv_ptr": "*fp16",
                   "rm_out_ptr": "*fp16", "rv_out_ptr": "*fp16", "momentum": "fp64", "eps": "fp64"})
     names = ("TRAINING", "NEED_INSTANCE", "HAS_GATE", "MIX_STD", "HAS_WEIGHT", "HAS_BIAS", "UPDATE_RUNNING",
@@ -60,9 +62,9 @@ def main():
     ]
     for flags in variants:
         consts = dict(zip(names, map(bool, flags)), BLOCK_N=64, BLOCK_C=32)
-        ok &= compile_variant(A._finalize_kernel, types, consts, f"finalize {flags}")
+        ok &= compile_variant(S._finalize_kernel, types, consts, f"finalize {flags}")
 
-    types = {name: F32 for name in A._bwd_finalize_kernel.arg_names if name.endswith("_ptr")}
+    types = {name: F32 for name in B._bwd_finalize_kernel.arg_names if name.endswith("_ptr")}
     types.update({"seg_ptr": "*i64", "gate_ptr": "*bf16", "weight_ptr": "*bf16"})
     names = ("TRAINING", "NEED_INSTANCE", "HAS_GATE", "MIX_STD", "HAS_WEIGHT", "SEG_MODE")
     variants = [(1, 1, 1, 0, 1, 0), (1, 1, 1, 1, 0, 1), (1, 1, 1, 1, 1, 2), (0, 1, 1, 0, 1, 0), (0, 0, 0, 0, 1, 0),
@@ -70,7 +72,7 @@ def main():
     for flags in variants:
         consts = {k: (v if k == "SEG_MODE" else bool(v)) for k, v in zip(names, flags)}
         consts.update(BLOCK_N=64, BLOCK_C=32)
-        ok &= compile_variant(A._bwd_finalize_kernel, types, consts, f"bwd_finalize {flags}")
+        ok &= compile_variant(B._bwd_finalize_kernel, types, consts, f"bwd_finalize {flags}")
     return 0 if ok else 1
 
 

@@ -1,6 +1,6 @@
 """The TNorm Triton kernels against the reference math (CPU, TRITON_INTERPRET=1).
 
-Reference: ``timm_reid.layers.functional.tnorm`` (DESIGN.md 3.2), run on the same input,
+Reference: ``timm_reid.layers.functional.tnorm`` (docs/DESIGN.md 3.2), run on the same input,
 ``grad_output``, parameters and copies of the running buffers. Camera layouts include one camera,
 several, and cameras absent from the batch (their running rows must not move).
 """

@@ -1,4 +1,4 @@
-"""AIBN against independent formulas (DESIGN.md 3.1), written out here sample by sample."""
+"""AIBN against independent formulas (docs/DESIGN.md 3.1), written out here sample by sample."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ EPS = 1e-5
 
 
 def independent_aibn(x, weight, bias, gate, running_mean, running_var, training, mix="var"):
-    """DESIGN.md 3.1 in float64 with explicit loops: the raw formulas, not the library's forms."""
+    """docs/DESIGN.md 3.1 in float64 with explicit loops: the raw formulas, not the library's forms."""
     x = x.double()
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)
@@ -246,6 +246,19 @@ def test_bad_constructor_arguments():
         AIBN(3, gate=torch.ones(2))
     with pytest.raises(TypeError, match="floating point"):
         AIBN(3)(torch.ones(2, 3, 2, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_features": True}, "num_features must be a positive int, got True"),
+    ({"num_features": 3, "gate_init": 5.0}, r"gate_init must be a number in \[0, 1\], got 5.0"),
+    ({"num_features": 3, "gate_init": -0.1}, r"gate_init must be a number in \[0, 1\]"),
+    ({"num_features": 3, "gate_init": True}, r"gate_init must be a number in \[0, 1\], got True"),
+    ({"num_features": 3, "gate_init": "0.1"}, r"gate_init must be a number"),
+])
+def test_counts_and_gate_init_are_checked_as_patch_checks_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AIBN(**kwargs)
+    assert AIBN(3, gate_init=1).gate.item() == 1.0  # the ends of [0, 1] and ints are fine
 
 
 def test_extra_repr_names_backend():

@@ -1,4 +1,4 @@
-"""TNorm against an independent per-camera formula (DESIGN.md 3.2, IIDS reference behaviour)."""
+"""TNorm against an independent per-camera formula (docs/DESIGN.md 3.2, IIDS reference behaviour)."""
 from __future__ import annotations
 
 import pytest
@@ -120,7 +120,8 @@ def test_identity_modes_return_input_unchanged():
     layer = make_tnorm(3, 2)
     x = torch.randn(2, 3, 2, 2)
     assert layer.eval()(x) is x
-    assert layer.train()(x) is x  # no camera ids: nothing to record
+    with cameras(record=False):  # no camera ids, on purpose: identity, nothing to record
+        assert layer.train()(x) is x
     assert torch.equal(layer.train()(x, torch.tensor([0, 1])), x)
 
 
@@ -259,5 +260,9 @@ def test_bad_constructor_arguments_and_input():
         TNorm(3, 2, mode="convert")
     with pytest.raises(ValueError, match="num_cameras must be a positive int"):
         TNorm(3, 0)
+    with pytest.raises(ValueError, match="num_cameras must be a positive int, got True"):
+        TNorm(8, num_cameras=True)  # bool is an int to Python, not a count
+    with pytest.raises(ValueError, match="num_features must be a positive int, got False"):
+        TNorm(False, 2)
     with pytest.raises(ValueError, match="expected 3 channels"):
         TNorm(3, 2).train()(torch.randn(2, 4, 2, 2), [0, 1])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tests.surgery.surgery_cases import SMALL, fresh, images, norms_in_stage, output_tensor, randomize_norm_state
+import timm_reid
 from timm_reid.layers import AIBN, TNorm
 from timm_reid.surgery import describe, patch
 
@@ -22,7 +23,7 @@ def of_type(model: nn.Module, kind: type) -> dict:
     return {path: module for path, module in model.named_modules() if isinstance(module, kind)}
 
 
-# --------------------------------------------------------------------------- exact counts (issue 4)
+# --------------------------------------------------------------------------- exact counts
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,7 @@ def of_type(model: nn.Module, kind: type) -> dict:
     ],
     ids=["timm-convnext_tiny", "tv-convnext_tiny", "timm-resnet50", "tv-resnet50"],
 )
-def test_exact_counts_of_the_issue(build, aibn_count, gate_count):
+def test_exact_counts_at_the_papers_configuration(build, aibn_count, gate_count):
     model = patch(build(), aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=6)
     counts = describe(model).counts
     assert (counts["AIBN"], counts["gates"], counts["TNorm"]) == (aibn_count, gate_count, 3)
@@ -182,9 +183,18 @@ def test_global_cameras_context_manager_reaches_tnorm():
     assert (model.layer2.tnorm.running_mean.abs().sum(dim=1) > 0).tolist() == [False, True, False]
 
 
-def test_plain_call_works_where_no_tnorm_needs_cameras():
+def test_plain_call_in_training_needs_cameras_or_says_it_has_none():
+    """`model.train(); model(x)` (torchreid's engine) would record nothing: an error naming the layer
+    and both ways to pass camera ids; `cameras(record=False)` is the explicit identity pass."""
     model = patch(fresh("convnext-nchw"), aibn=[3, 4], tnorm=[1], num_cameras=3)
-    assert torch.isfinite(model.train()(images())).all()
+    with pytest.raises(ValueError, match="needs camera ids") as info:
+        model.train()(images())
+    message = str(info.value)
+    assert "stages.0" in message and "model(x, camids=" in message and "timm_reid.cameras(camids)" in message
+    before = model.stages[0].blocks.tnorm.running_mean.clone()
+    with timm_reid.cameras(record=False):
+        assert torch.isfinite(model.train()(images())).all()
+    assert torch.equal(model.stages[0].blocks.tnorm.running_mean, before)
     assert torch.isfinite(model.eval()(images())).all()
 
 

@@ -1,4 +1,4 @@
-"""The public names of issue 4, as users import them (`timm_reid/__init__.py` re-exports them)."""
+"""The public names of the package, as users import them (`timm_reid/__init__.py` re-exports them)."""
 from __future__ import annotations
 
 import subprocess

@@ -7,10 +7,8 @@ transforms, an image dataset and samplers.
 """
 from timm_reid.data.image_dataset import ImageDataset, read_image
 from timm_reid.data.layouts import (
-    DATASETS,
     Record,
     ReIDDataset,
-    build_dataset,
     load_csv,
     load_dukemtmc,
     load_market1501,
@@ -18,6 +16,7 @@ from timm_reid.data.layouts import (
     relabel,
     split_query_gallery,
 )
+from timm_reid.data.registry import DATASETS, build_dataset
 from timm_reid.data.samplers import CameraBatchSampler, RandomIdentitySampler
 from timm_reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 

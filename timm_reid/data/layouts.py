@@ -17,15 +17,13 @@ import csv
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 __all__ = [
     "Record",
     "ReIDDataset",
-    "DATASETS",
-    "build_dataset",
     "load_market1501",
     "load_dukemtmc",
     "load_msmt17",
@@ -395,34 +393,3 @@ def load_csv(root: str | os.PathLike) -> ReIDDataset:
     return _make_dataset("csv", root, _read_csv(train_csv, need_pid=False),
                          splits.get("query", []), splits.get("gallery", []),
                          splits.get("val", []))
-
-
-# ---------------------------------------------------------------- registry
-
-def _load_synthetic(root: str | os.PathLike | None = None, **config) -> ReIDDataset:
-    from timm_reid.data.synthetic import load_synthetic  # lazy: keeps `-m` clean
-    return load_synthetic(root, **config)
-
-
-DATASETS: dict[str, Callable[..., ReIDDataset]] = {
-    "market1501": load_market1501,
-    "dukemtmc": load_dukemtmc,
-    "msmt17": load_msmt17,
-    "csv": load_csv,
-    "synthetic": _load_synthetic,
-}
-
-
-def build_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) -> ReIDDataset:
-    """Load dataset ``name`` from ``root``; ``kwargs`` go to the layout's loader.
-
-    Names: ``market1501``, ``dukemtmc``, ``msmt17`` (``version=``), ``csv`` and
-    ``synthetic`` (generator options such as ``seed=``, ``num_cameras=``; ``root=None``
-    generates into a cache folder, see :func:`timm_reid.data.synthetic.load_synthetic`).
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    if root is None and name != "synthetic":
-        raise ValueError(f"dataset {name!r} needs root= (the folder holding its files); "
-                         "only 'synthetic' can run without one")
-    return DATASETS[name](root, **kwargs)

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
+from .functional import all_reduce, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
 
 __all__ = ["adaptive_norm"]
 
@@ -107,10 +107,7 @@ class AdaptiveNormFunction(torch.autograd.Function):
             seg_dmu = _segment_sum(w * dmu, segments, num_segments)
             seg_dvar = _segment_sum(w * d_batch_var, segments, num_segments)
             if process_group is not None:
-                import torch.distributed as dist
-
-                dist.all_reduce(seg_dmu, group=process_group)
-                dist.all_reduce(seg_dvar, group=process_group)
+                all_reduce(process_group, seg_dmu, seg_dvar)
             n_seg = rows(count.clamp(min=1), segments)[:, None]
             seg_dvar = rows(seg_dvar, segments)
             dmu_in = dmu_in + (rows(seg_dmu, segments) + 2 * seg_dvar * (mean_in - mean_b)) / n_seg

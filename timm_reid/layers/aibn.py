@@ -6,9 +6,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from timm_reid.kernels import _contract
+
 from . import functional as F
 from ._autograd import adaptive_norm
-from .backend import check_backend, resolve_backend, triton_ops
+from ._checks import check_count, check_gate_init
+from .backend import check_backend, layer_backend, triton_ops
 
 __all__ = ["AIBN", "inside_backward"]
 
@@ -26,7 +29,7 @@ def inside_backward() -> bool:
 
 
 class AIBN(nn.Module):
-    """Adaptive instance-batch normalization (DESIGN.md 3.1).
+    """Adaptive instance-batch normalization (docs/DESIGN.md 3.1).
 
     Per channel, mixes each image's own statistics with batch statistics through a learnable gate:
     ``mu = (1 - w) mu_in + w mu_bn``, ``var = (1 - w) var_in + w var_bn`` (``mix="var"``, IICS
@@ -37,7 +40,7 @@ class AIBN(nn.Module):
 
     Args:
         num_features: channels C.
-        gate_init: initial gate value (0.1, as the reference).
+        gate_init: initial gate value in [0, 1] (0.1, as the reference).
         mix: "var" or "std".
         momentum: running statistics weight of the new value (PyTorch convention).
         eps: added to the variance.
@@ -62,10 +65,10 @@ class AIBN(nn.Module):
         process_group=None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"AIBN: num_features must be a positive int, got {num_features!r}")
-        if mix not in F.MIX_MODES:
-            raise ValueError(f"AIBN: mix must be one of {F.MIX_MODES}, got {mix!r}")
+        check_count(num_features, "num_features", "AIBN")
+        _contract.check_mix(mix, "AIBN")
+        if gate is None:
+            gate_init = check_gate_init(gate_init, "AIBN")
         if gate is not None and (not isinstance(gate, nn.Parameter) or gate.shape != (1,)):
             raise ValueError("AIBN: gate= must be an nn.Parameter of shape (1,) (e.g. another AIBN's .gate)")
         self.num_features = num_features
@@ -77,7 +80,7 @@ class AIBN(nn.Module):
         self.process_group = process_group
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
-        self.gate = gate if gate is not None else nn.Parameter(torch.full((1,), float(gate_init)))
+        self.gate = gate if gate is not None else nn.Parameter(torch.full((1,), gate_init))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
@@ -88,7 +91,7 @@ class AIBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         F.check_input(x, self.num_features, self.channels_last, f"AIBN({self.num_features})")
         update = self.training and not inside_backward()
-        if resolve_backend(self.backend, x) == "triton":
+        if layer_backend(self, x) == "triton":
             return triton_ops().aibn(
                 x, self.weight, self.bias, self.gate,
                 self.running_mean if update or not self.training else None,

@@ -1,10 +1,13 @@
-"""How camera ids reach TNorm layers that sit deep inside a model (DESIGN.md 3.3).
+"""How camera ids reach TNorm layers that sit deep inside a model (docs/DESIGN.md 3.3).
 
 A :class:`CameraContext` holds the camera ids, the conversion switch and the conversion targets of
 one forward. Surgery gives every TNorm of a patched model the same context and fills it from a
 forward pre-hook (``model(x, camids=...)``); code that cannot change call sites uses the
-thread-local :func:`cameras` context manager instead, which TNorms read when their own context is
-not active.
+:func:`cameras` context manager instead, which TNorms read when their own context is not active.
+
+``cameras`` is thread-local: a block entered in one thread is invisible to models run in other
+threads (worker threads, ``nn.DataParallel`` replicas); ``model(x, camids=...)`` has no such limit.
+``nn.DataParallel`` itself is refused by TNorm (its replicas share one context object).
 """
 from __future__ import annotations
 
@@ -36,22 +39,34 @@ class CameraContext:
     """Camera ids, conversion switch and conversion targets for the TNorms of one forward.
 
     Targets are drawn uniformly per sample the first time a TNorm asks for them and then reused, so
-    every TNorm of one forward converts a sample to the same camera (DESIGN.md 3.2).
+    every TNorm of one forward converts a sample to the same camera (docs/DESIGN.md 3.2).
+    ``record=False`` says on purpose that the batch has no camera ids: TNorm in ``mode="transform"``
+    passes it through in training without recording statistics (otherwise an error).
     """
 
     def __init__(self) -> None:
         self.clear()
 
-    def set(self, camids: Optional[CameraIds] = None, convert: bool = False, targets: Optional[CameraIds] = None) -> None:
+    def set(
+        self,
+        camids: Optional[CameraIds] = None,
+        convert: bool = False,
+        targets: Optional[CameraIds] = None,
+        record: bool = True,
+    ) -> None:
+        if not isinstance(record, bool):
+            raise TypeError(f"record must be True or False, got {record!r}")
         self.camids = as_camera_tensor(camids, "camids")
         self.targets = as_camera_tensor(targets, "targets")
         self.convert = bool(convert)
+        self.record = record
         self.active = True
 
     def clear(self) -> None:
         self.camids: Optional[Tensor] = None
         self.targets: Optional[Tensor] = None
         self.convert = False
+        self.record = True
         self.active = False
 
     def targets_for(self, n: int, num_cameras: int, device: torch.device) -> Tensor:
@@ -61,7 +76,10 @@ class CameraContext:
         return self.targets
 
     def __repr__(self) -> str:
-        return f"CameraContext(active={self.active}, camids={self.camids}, convert={self.convert}, targets={self.targets})"
+        return (
+            f"CameraContext(active={self.active}, camids={self.camids}, convert={self.convert}, "
+            f"targets={self.targets}, record={self.record})"
+        )
 
 
 _local = threading.local()
@@ -81,20 +99,37 @@ def current_context() -> Optional[CameraContext]:
 
 @contextlib.contextmanager
 def cameras(
-    camids: Optional[CameraIds] = None, *, convert: bool = False, targets: Optional[CameraIds] = None
+    camids: Optional[CameraIds] = None,
+    *,
+    convert: bool = False,
+    targets: Optional[CameraIds] = None,
+    record: bool = True,
 ) -> Iterator[CameraContext]:
     """Hand camera ids (and conversion targets) to every TNorm called inside the block.
 
     ``targets`` are drawn uniformly per sample at the first TNorm call when ``convert=True`` and
     none are given; they stay fixed for the rest of the block, so one block should wrap one forward.
+    ``record=False`` (with no ``camids``): the batch has no camera ids on purpose; TNorms in
+    ``mode="transform"`` pass it through in training without recording statistics, where a
+    training forward without camera ids is otherwise an error.
+
+    The block holds for the current thread only: models run in other threads (worker threads,
+    ``nn.DataParallel`` replicas) do not see it; pass ``model(x, camids=...)`` there.
 
     Example::
 
         with timm_reid.cameras(camids, convert=True):
             feats = model(images)
+        with timm_reid.cameras(record=False):  # identity pass, nothing recorded
+            feats = model(unlabelled_images)
     """
+    if record is False and camids is not None:
+        raise ValueError(
+            "cameras(camids, record=False): record=False is the explicit way to run without camera ids; "
+            "with camera ids TNorm records their statistics in training - drop one of the two"
+        )
     ctx = CameraContext()
-    ctx.set(camids, convert=convert, targets=targets)
+    ctx.set(camids, convert=convert, targets=targets, record=record)
     stack = _stack()
     stack.append(ctx)
     try:

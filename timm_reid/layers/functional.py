@@ -1,4 +1,4 @@
-"""Reference math of AIBN and TNorm: the single source of truth (DESIGN.md section 3).
+"""Reference math of AIBN and TNorm: the single source of truth (docs/DESIGN.md section 3).
 
 Plain torch operations, differentiable by autograd. The modules' fast path
 (:mod:`timm_reid.layers._autograd`) and the Triton kernels are tested against these functions.
@@ -21,6 +21,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from timm_reid.kernels import _contract
+from timm_reid.kernels._contract import MIX_MODES, TNORM_MODES, pooled_stats  # noqa: F401 (re-exported)
+
 __all__ = [
     "aibn",
     "tnorm",
@@ -31,9 +34,6 @@ __all__ = [
     "pooled_stats",
     "rows",
 ]
-
-MIX_MODES = ("var", "std")
-TNORM_MODES = ("transform", "normalize")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -115,7 +115,7 @@ def segment_stats(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Batch statistics of each segment of samples, from per-sample statistics.
 
-    ``mu_s = mean_{n in s} mu_in``, ``var_s = mean_{n in s}(var_in + mu_in^2) - mu_s^2`` (DESIGN.md
+    ``mu_s = mean_{n in s} mu_in``, ``var_s = mean_{n in s}(var_in + mu_in^2) - mu_s^2`` (docs/DESIGN.md
     3.1), evaluated in the equivalent form ``mean(var_in) + mean((mu_in - mu_s)^2)`` that does not
     cancel. ``segments`` (N,) assigns samples to segments (camera ids for TNorm); ``None`` puts the
     whole batch in one segment (AIBN). With a ``process_group`` the sums are all-reduced so that
@@ -131,12 +131,12 @@ def segment_stats(
     count = onehot.sum(0)
     sums = onehot.T @ mean_in
     if process_group is not None:
-        _all_reduce(process_group, count, sums)
+        all_reduce(process_group, count, sums)
     denom = count.clamp(min=1)[:, None]
     mean = sums / denom
     second = onehot.T @ (var_in + (mean_in - rows(mean, segments)) ** 2)
     if process_group is not None:
-        _all_reduce(process_group, second)
+        all_reduce(process_group, second)
     return mean, second / denom, count
 
 
@@ -145,7 +145,9 @@ def rows(table: Tensor, index: Tensor) -> Tensor:
     return table.index_select(0, index)
 
 
-def _all_reduce(process_group, *tensors: Tensor) -> None:
+def all_reduce(process_group, *tensors: Tensor) -> None:
+    """Sum each tensor over ``process_group`` in place: the one collective of the torch path (the
+    forward statistics here, their gradients in :mod:`timm_reid.layers._autograd`)."""
     import torch.distributed as dist
 
     for t in tensors:
@@ -162,14 +164,7 @@ def mix_stats(
     elif mix == "std":
         var = ((1 - w) * var_in.sqrt() + w * var_bn.sqrt()) ** 2
     else:
-        raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
-    return mean, var
-
-
-def pooled_stats(running_mean: Tensor, running_var: Tensor) -> Tuple[Tensor, Tensor]:
-    """Statistics of the union of all cameras, each camera weighted equally: ``(C,)`` each."""
-    mean = running_mean.mean(0)
-    var = running_var.mean(0) + ((running_mean - mean) ** 2).mean(0)
+        _contract.check_mix(mix, "mix_stats")
     return mean, var
 
 
@@ -218,7 +213,7 @@ def aibn(
     channels_last: bool = False,
     process_group=None,
 ) -> Tensor:
-    """Adaptive instance-batch normalization (DESIGN.md 3.1; parity target IICS ``AIBNorm2d``).
+    """Adaptive instance-batch normalization (docs/DESIGN.md 3.1; parity target IICS ``AIBNorm2d``).
 
     ``w = clamp(gate, 0, 1)`` weights the batch statistics. In training the batch statistics come
     from the batch (gradients flow through them) and the running buffers are updated in place when
@@ -226,8 +221,7 @@ def aibn(
     batch statistics (forward only: for gradients across ranks use the :class:`~timm_reid.layers.AIBN`
     module, whose analytic backward all-reduces them too).
     """
-    if mix not in MIX_MODES:
-        raise ValueError(f"mix must be one of {MIX_MODES}, got {mix!r}")
+    _contract.check_mix(mix, "aibn")
     mean_in, var_in = instance_stats(x, channels_last)
     if training:
         mean_bn, var_bn, _ = segment_stats(mean_in, var_in, process_group=process_group)
@@ -261,7 +255,7 @@ def tnorm(
     channels_last: bool = False,
     process_group=None,
 ) -> Tensor:
-    """Camera-aware transform normalization (DESIGN.md 3.2; parity target IIDS ``TNorm``).
+    """Camera-aware transform normalization (docs/DESIGN.md 3.2; parity target IIDS ``TNorm``).
 
     ``mode="transform"``: identity unless ``convert``; conversion re-styles each sample from its
     source statistics to the running statistics of camera ``targets[n]`` (as they were before this
@@ -274,19 +268,17 @@ def tnorm(
     batch statistics (with gradient) in training, running ones in eval, and statistics pooled over
     cameras in eval when ``camids`` is None.
     """
-    if mode not in TNORM_MODES:
-        raise ValueError(f"mode must be one of {TNORM_MODES}, got {mode!r}")
-    num_cameras = running_mean.shape[0]
-    need_stats = training or mode == "normalize" or convert
-    if not need_stats:
+    plan = _contract.tnorm_plan(
+        mode, training=training, convert=convert, has_camids=camids is not None, has_targets=targets is not None
+    )
+    if plan == _contract.IDENTITY:
         return x
+    num_cameras = running_mean.shape[0]
     # Transform mode uses its statistics only as constants: no graph over them.
     with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "normalize"):
         mean_in, var_in = instance_stats(x, channels_last)
     seg_mean = seg_var = None
-    if training and (camids is not None or mode == "normalize"):
-        if camids is None:
-            raise ValueError("tnorm: mode='normalize' in training needs camera ids")
+    if training and camids is not None:
         seg_mean, seg_var, count = segment_stats(mean_in, var_in, camids, num_cameras, process_group)
     old_mean = running_mean.detach().to(mean_in.dtype).clone()
     old_var = running_var.detach().to(mean_in.dtype).clone()
@@ -295,7 +287,7 @@ def tnorm(
         update_running(running_mean, seg_mean, momentum, present)
         update_running(running_var, seg_var, momentum, present)
 
-    if mode == "normalize":
+    if plan == _contract.NORMALIZE:
         if training:
             mean, var = rows(seg_mean, camids), rows(seg_var, camids)
         elif camids is not None:
@@ -303,21 +295,16 @@ def tnorm(
         else:
             mean, var = pooled_stats(old_mean, old_var)
         return normalize_affine(x, mean, var, eps, weight, bias, channels_last)
-
-    if not convert:
+    if plan == _contract.RECORD:
         return x
-    if targets is None:
-        raise ValueError("tnorm: convert=True needs target camera ids")
-    if training:
-        if seg_mean is None:
-            src_mean, src_var, _ = segment_stats(mean_in, var_in, process_group=process_group)
-            src_mean, src_var = src_mean[0], src_var[0]
-        else:
-            src_mean, src_var = rows(seg_mean, camids), rows(seg_var, camids)
-    else:
-        if camids is None:
-            raise ValueError("tnorm: conversion in eval mode needs the source camera ids")
+    # conversion
+    if not training:
         src_mean, src_var = rows(old_mean, camids), rows(old_var, camids)
+    elif seg_mean is None:
+        src_mean, src_var, _ = segment_stats(mean_in, var_in, process_group=process_group)
+        src_mean, src_var = src_mean[0], src_var[0]
+    else:
+        src_mean, src_var = rows(seg_mean, camids), rows(seg_var, camids)
     src_mean, src_var = src_mean.detach(), src_var.detach()
     # x' = (x - mu_src) / sigma_src * sigma_t + mu_t, folded into one scale and shift per (n, c).
     scale = torch.sqrt(rows(old_var, targets) + eps) * torch.rsqrt(src_var + eps)

@@ -6,17 +6,26 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from timm_reid.kernels import _contract
+
 from . import functional as F
 from ._autograd import adaptive_norm
+from ._checks import check_count
 from .aibn import _any_requires_grad, inside_backward
-from .backend import check_backend, resolve_backend, triton_ops
+from .backend import check_backend, layer_backend, triton_ops
 from .cameras import CameraContext, as_camera_tensor, current_context
 
 __all__ = ["TNorm"]
 
+HOW_TO_PASS = (
+    "pass them with model(x, camids=camids) (or tnorm(x, camids)) or `with timm_reid.cameras(camids): model(x)`; "
+    "a `timm_reid.cameras` block holds for the thread that entered it only, so a model run in another "
+    "thread (a worker thread) needs model(x, camids=...)"
+)
+
 
 class TNorm(nn.Module):
-    """Per-camera running statistics and camera-to-camera style conversion (DESIGN.md 3.2).
+    """Per-camera running statistics and camera-to-camera style conversion (docs/DESIGN.md 3.2).
 
     ``mode="transform"`` (IIDS): identity unless converting; in training each camera present in
     the batch updates its row of ``running_mean``/``running_var`` (D, C) from its own samples, and
@@ -26,8 +35,13 @@ class TNorm(nn.Module):
 
     Camera ids come from the call (``tnorm(x, camids, convert=..., targets=...)``), else from the
     layer's ``context`` (set by :func:`timm_reid.patch` for ``model(x, camids=...)``), else from
-    the innermost ``with timm_reid.cameras(...)`` block. Mixed-camera batches are handled as
-    per-camera segments; a single-camera batch gives exactly the reference result.
+    the innermost ``with timm_reid.cameras(...)`` block of this thread. Mixed-camera batches are
+    handled as per-camera segments; a single-camera batch gives exactly the reference result.
+
+    A training forward in ``mode="transform"`` without camera ids and without conversion is an
+    error (it would record nothing and convert later with untrained statistics); a batch without
+    camera ids on purpose runs inside ``with timm_reid.cameras(record=False):`` (identity). Replicas
+    of ``nn.DataParallel`` are refused: they share one camera context (use DDP).
     """
 
     def __init__(
@@ -43,12 +57,9 @@ class TNorm(nn.Module):
         process_group=None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"TNorm: num_features must be a positive int, got {num_features!r}")
-        if not isinstance(num_cameras, int) or num_cameras < 1:
-            raise ValueError(f"TNorm: num_cameras must be a positive int, got {num_cameras!r}")
-        if mode not in F.TNORM_MODES:
-            raise ValueError(f"TNorm: mode must be one of {F.TNORM_MODES}, got {mode!r}")
+        check_count(num_features, "num_features", "TNorm")
+        check_count(num_cameras, "num_cameras", "TNorm")
+        _contract.check_tnorm_mode(mode, "TNorm")
         self.num_features = num_features
         self.num_cameras = num_cameras
         self.mode = mode
@@ -91,6 +102,7 @@ class TNorm(nn.Module):
         targets: Optional[Tensor] = None,
     ) -> Tensor:
         F.check_input(x, self.num_features, self.channels_last, self._owner)
+        self._refuse_data_parallel()
         ctx = self._context()
         if ctx is not None:
             camids = ctx.camids if camids is None else camids
@@ -101,10 +113,15 @@ class TNorm(nn.Module):
         if convert and targets is None:
             targets = (ctx or CameraContext()).targets_for(x.shape[0], self.num_cameras, x.device)
         targets = self._check_ids(targets, x, "targets") if convert else None
-        self._check_mode_inputs(camids, convert)
-
-        if self.mode == "transform" and not convert and (camids is None or not self.training):
-            return x  # identity, and nothing to record
+        plan = _contract.tnorm_plan(
+            self.mode, training=self.training, convert=convert, has_camids=camids is not None,
+            has_targets=targets is not None, op=self._owner, how=HOW_TO_PASS,
+        )
+        if plan == _contract.IDENTITY:
+            # A recomputed forward (gradient checkpointing) runs after the call's ids are gone.
+            if self.training and not (ctx is not None and ctx.record is False) and not inside_backward():
+                raise ValueError(self._missing_cameras_message())
+            return x
         update = self.training and not inside_backward()
         # A recomputed forward (gradient checkpointing) updates throw-away copies.
         running_mean = self.running_mean if update else self.running_mean.clone()
@@ -114,13 +131,34 @@ class TNorm(nn.Module):
             weight=self.weight, bias=self.bias, momentum=self.momentum, eps=self.eps,
             channels_last=self.channels_last, process_group=self.process_group,
         )
-        if resolve_backend(self.backend, x) == "triton":
+        if layer_backend(self, x) == "triton":
             return triton_ops().tnorm(x, running_mean, running_var, **kwargs)
-        if self.mode == "normalize" and torch.is_grad_enabled() and (
+        if plan == _contract.NORMALIZE and torch.is_grad_enabled() and (
             self.training or _any_requires_grad(x, self.weight, self.bias)
         ):
             return self._normalize_with_grad(x, camids, running_mean, running_var)
         return F.tnorm(x, running_mean, running_var, **kwargs)
+
+    def _missing_cameras_message(self) -> str:
+        return (
+            f"{self._owner}: training in mode='transform' needs camera ids: without them this forward "
+            "would record no per-camera statistics and later conversions would use untrained ones "
+            f"(a call like `model.train(); model(x)`). {HOW_TO_PASS[0].upper()}{HOW_TO_PASS[1:]}. To run a "
+            "batch without camera ids on purpose (identity, nothing recorded), use "
+            "`with timm_reid.cameras(record=False): model(x)`."
+        )
+
+    def _refuse_data_parallel(self) -> None:
+        # nn.DataParallel replicas (Module._replicate_for_data_parallel sets _is_replica) share this
+        # layer's camera context and run concurrently in threads: each would read another's ids.
+        if getattr(self, "_is_replica", False):
+            raise RuntimeError(
+                f"{self._owner}: nn.DataParallel is not supported: its replicas run in threads that share "
+                "one camera context, so a replica would read the camera ids of another. Use "
+                "DistributedDataParallel (one process per GPU, e.g. torchrun), which keeps camera ids per "
+                "process; TNorm(process_group=...) keeps its statistics global. A single-GPU "
+                "nn.DataParallel does not replicate and works."
+            )
 
     def _normalize_with_grad(self, x: Tensor, camids: Optional[Tensor], running_mean: Tensor, running_var: Tensor) -> Tensor:
         """Per-camera normalization through the analytic-backward path (AIBN with w = 1 per camera)."""
@@ -135,7 +173,7 @@ class TNorm(nn.Module):
             F.update_running(running_var, seg_var, self.momentum, present)
             return y
         if camids is None:
-            mean, var = F.pooled_stats(running_mean, running_var)
+            mean, var = _contract.pooled_stats(running_mean, running_var)
         else:
             mean, var = F.rows(running_mean, camids), F.rows(running_var, camids)
         y, *_ = adaptive_norm(
@@ -162,13 +200,6 @@ class TNorm(nn.Module):
                 "num_cameras must cover them all"
             )
         return ids
-
-    def _check_mode_inputs(self, camids: Optional[Tensor], convert: bool) -> None:
-        how = "pass model(x, camids=...), tnorm(x, camids) or use `with timm_reid.cameras(camids):`"
-        if self.mode == "normalize" and self.training and camids is None:
-            raise ValueError(f"{self._owner}: mode='normalize' in training needs camera ids; {how}")
-        if self.mode == "transform" and convert and not self.training and camids is None:
-            raise ValueError(f"{self._owner}: conversion in eval mode needs the source camera ids; {how}")
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,8 @@
 """TNorm forward/backward in Triton: per-camera segmented statistics, conversion, fan-out.
 
-The op contract is documented on :func:`tnorm`; the math is DESIGN.md 3.2 and the reference is
-``timm_reid.layers.functional.tnorm``.
+The op contract is documented on :func:`tnorm`; the math is docs/DESIGN.md 3.2 and the reference
+is ``timm_reid.layers.functional.tnorm``. What each mode computes is decided once, by
+:func:`._contract.tnorm_plan`, for this entry and the reference alike.
 
 Camera ids are an int64 tensor; the per-camera statistics are segmented reductions over the
 per-sample statistics inside one finalize launch (no host sync, no sort, cameras absent from the
@@ -12,7 +13,7 @@ batch simply have an empty segment and keep their running rows). Launches:
 * convert: instance statistics (training only) + finalize (per-(n, c) scale and shift from the
   source statistics to the target camera's running statistics) + one affine pass: x read twice in
   training, once in eval; y written once. Backward: ``dx = dy * scale`` in one pass.
-* ``mode="normalize"``: the segmented AIBN core of :mod:`.aibn` with the gate fixed to 1.
+* ``mode="normalize"``: the segmented core of :mod:`._segment_norm` with the gate fixed to 1.
 * fan-out (:func:`tnorm_fanout`): x read once, written converted to all D cameras in one launch.
 """
 from __future__ import annotations
@@ -25,13 +26,14 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import wrap_triton
 
-from . import _utils
-from ._utils import define_op, finalize_blocks, ncl_view, prune_tile_configs, should_launch, tile_configs
-from .aibn import _finalize_kernel, _instance_partials, _segment_norm_forward, apply_affine, check_running
+from . import _contract, _utils
+from ._apply import apply_affine
+from ._distributed import distributed_segment_norm, global_segment_stats, update_rows
+from ._segment_norm import segment_norm_forward
+from ._stats import finalize, instance_partials, no_partials
+from ._utils import check_running, define_op, ncl_view, prune_tile_configs, should_launch, tile_configs
 
 __all__ = ["tnorm", "tnorm_fanout"]
-
-MODES = ("transform", "normalize")
 
 
 @triton.autotune(
@@ -82,66 +84,6 @@ def _fanout_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _convert_or_update(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    segments: Tensor,
-    targets: Tensor,
-    num_segments: int,
-    training: bool,
-    update_running: bool,
-    convert: bool,
-    momentum: float,
-    eps: float,
-    channels_last: bool,
-    src_mean: Optional[Tensor] = None,
-    src_var: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, scale, new_running_mean, new_running_var)``; y and scale are empty unless ``convert``,
-    the running stats are empty unless ``update_running``. Eval-path sources are the rows
-    ``segments[n]`` of ``src_mean/src_var`` (default: the running stats)."""
-    xv, n, c, l, _ = ncl_view(x, channels_last)
-    f32 = dict(dtype=torch.float32, device=x.device)
-    if training:
-        pmean, pm2, n_split, chunk = _instance_partials(xv, channels_last)
-    else:
-        pmean = pm2 = torch.empty((0,), **f32)
-        n_split, chunk = 1, l
-    nc = (n, c) if convert else (0,)
-    scale, shift = torch.empty(nc, **f32), torch.empty(nc, **f32)
-    inst = (n, c) if training else (0,)
-    mu_in, var_in = torch.empty(inst, **f32), torch.empty(inst, **f32)
-    seg = (num_segments, c) if training else (0,)
-    seg_mean, seg_var = torch.empty(seg, **f32), torch.empty(seg, **f32)
-    if update_running:
-        new_rm = torch.empty((num_segments, c), dtype=running_mean.dtype, device=x.device)
-        new_rv = torch.empty((num_segments, c), dtype=running_var.dtype, device=x.device)
-    else:
-        new_rm = torch.empty((0,), dtype=running_mean.dtype, device=x.device)
-        new_rv = torch.empty((0,), dtype=running_var.dtype, device=x.device)
-    dummy = running_mean
-    block_n, block_c, warps = finalize_blocks(n)
-    if should_launch(x):
-        wrap_triton(_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            pmean, pm2, segments, targets, dummy, dummy, dummy, running_mean, running_var,
-            running_mean if src_mean is None else src_mean, running_var if src_var is None else src_var,
-            new_rm if update_running else dummy, new_rv if update_running else dummy,
-            mu_in if training else dummy, var_in if training else dummy,
-            seg_mean if training else dummy, seg_var if training else dummy,
-            dummy, dummy, scale if convert else dummy, shift if convert else dummy, dummy, dummy,
-            n, c, l, num_segments, n_split, chunk, momentum, eps,
-            TRAINING=training, NEED_INSTANCE=training, HAS_GATE=False, MIX_STD=False,
-            HAS_WEIGHT=False, HAS_BIAS=False, UPDATE_RUNNING=update_running,
-            CONVERT=convert, WRITE_COEF=convert, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
-        )
-    if convert:
-        y = apply_affine(xv, scale, channels_last, c=shift, like=x)
-    else:
-        y = torch.empty((0,), dtype=x.dtype, device=x.device)
-    return y, scale, new_rm, new_rv
-
-
 @define_op("timm_reid::tnorm_convert")
 def _tnorm_convert(
     x: Tensor,
@@ -158,10 +100,18 @@ def _tnorm_convert(
     src_mean: Optional[Tensor] = None,
     src_var: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _convert_or_update(
-        x, running_mean, running_var, segments, targets, num_segments, training, update_running, True,
-        momentum, eps, channels_last, src_mean, src_var,
+    """``(y, scale, new_running_mean, new_running_var)``: every sample re-styled from its source
+    statistics (training: the batch statistics of its segment; eval: rows ``segments[n]`` of
+    ``src_mean/src_var``, default the running tables) to the running row ``targets[n]``; the running
+    statistics are updated (returned, empty otherwise) when ``update_running``."""
+    xv, n, c, l, _ = ncl_view(x, channels_last)
+    partials = instance_partials(xv, channels_last) if training else no_partials(l, x.device)
+    out = finalize(
+        partials, segments, num_segments, (n, c, l), training=training, need_instance=training, targets=targets,
+        running=(running_mean, running_var), source=(src_mean, src_var), update_running=update_running,
+        convert=True, momentum=momentum, eps=eps,
     )
+    return apply_affine(xv, out.a, channels_last, c=out.b, like=x), out.a, out.new_rm, out.new_rv
 
 
 @define_op("timm_reid::tnorm_statistics")
@@ -174,11 +124,13 @@ def _tnorm_statistics(
     momentum: float,
     channels_last: bool,
 ) -> Tuple[Tensor, Tensor]:
-    _, _, new_rm, new_rv = _convert_or_update(
-        x, running_mean, running_var, segments, segments, num_segments, True, True, False,
-        momentum, 0.0, channels_last,
+    xv, n, c, l, _ = ncl_view(x, channels_last)
+    out = finalize(
+        instance_partials(xv, channels_last), segments, num_segments, (n, c, l), training=True,
+        need_instance=True, running=(running_mean, running_var), update_running=True, write_coef=False,
+        momentum=momentum,
     )
-    return new_rm, new_rv
+    return out.new_rm, out.new_rv
 
 
 @define_op("timm_reid::channel_scale")
@@ -261,7 +213,7 @@ def tnorm(
     process_group=None,
 ) -> Tensor:
     """Camera-aware transform normalization with the Triton kernels (same contract as
-    ``timm_reid.layers.functional.tnorm``, DESIGN.md 3.2).
+    ``timm_reid.layers.functional.tnorm``, docs/DESIGN.md 3.2).
 
     * ``x``: ``(N, C, H, W)`` or ``(N, H, W, C)`` with ``channels_last=True``; any strides; fp32 /
       fp16 / bf16 (statistics in fp32). ``running_mean`` / ``running_var``: contiguous ``(D, C)``.
@@ -280,8 +232,7 @@ def tnorm(
       on the concatenated batch (eager path, see :mod:`._distributed`); ignored in eval.
     """
     _utils.check_activation(x, channels_last, "tnorm")
-    if mode not in MODES:
-        raise ValueError(f"tnorm: mode must be one of {MODES}, got {mode!r}")
+    _contract.check_tnorm_mode(mode, "tnorm")
     if running_mean.dim() != 2:
         raise ValueError(f"tnorm: running_mean must be (D, C), got shape {tuple(running_mean.shape)}")
     d, c = running_mean.shape
@@ -292,57 +243,28 @@ def tnorm(
         _check_ids(camids, n, d, "camids")
     if targets is not None:
         _check_ids(targets, n, d, "targets")
+    plan = _contract.tnorm_plan(
+        mode, training=training, convert=convert, has_camids=camids is not None, has_targets=targets is not None
+    )
     momentum, eps = float(momentum), float(eps)
-
-    if mode == "normalize":
-        if training:
-            if camids is None:
-                raise ValueError("tnorm: mode='normalize' in training needs camera ids")
-            if process_group is not None:
-                from ._distributed import distributed_segment_norm
-
-                return distributed_segment_norm(
-                    x, weight, bias, None, running_mean, running_var, camids, d, momentum=momentum,
-                    eps=eps, mix_std=False, channels_last=channels_last, group=process_group,
-                )
-            outs = _segment_norm_forward(
-                x, weight, bias, None, running_mean, running_var, camids, d,
-                True, True, momentum, eps, False, channels_last,
-            )
-            _copy_running(running_mean, running_var, outs[7], outs[8])
-            return outs[0]
-        if camids is not None:
-            table_m, table_v, segments, rows = running_mean, running_var, camids, d
-        else:
-            # unknown camera: statistics of the union of cameras, each camera weighted equally
-            table_m = running_mean.mean(0, keepdim=True)
-            table_v = running_var.mean(0, keepdim=True) + ((running_mean - table_m) ** 2).mean(0, keepdim=True)
-            segments, rows = torch.zeros(n, dtype=torch.int64, device=x.device), 1
-        outs = _segment_norm_forward(
-            x, weight, bias, None, table_m, table_v, segments, rows,
-            False, False, momentum, eps, False, channels_last,
-        )
-        return outs[0]
-
-    if training and process_group is not None and (convert or camids is not None):
-        return _distributed_transform(
-            x, running_mean, running_var, camids, targets, convert, momentum, eps, channels_last, process_group
-        )
-    if not convert:
-        if training and camids is not None:
-            new_rm, new_rv = _tnorm_statistics(x.detach(), running_mean, running_var, camids, d, momentum, channels_last)
-            _copy_running(running_mean, running_var, new_rm, new_rv)
+    if plan == _contract.IDENTITY:
         return x
-    if targets is None:
-        raise ValueError("tnorm: convert=True needs target camera ids")
-    if training:
-        update = camids is not None
-        segments = camids if update else torch.zeros(n, dtype=torch.int64, device=x.device)
-        num_segments = d if update else 1
-    else:
-        if camids is None:
-            raise ValueError("tnorm: conversion in eval mode needs the source camera ids")
-        update, segments, num_segments = False, camids, d
+    if plan == _contract.NORMALIZE:
+        return _normalize(x, running_mean, running_var, camids, weight, bias, training, momentum, eps, channels_last,
+                          process_group)
+    if training and process_group is not None:
+        return _distributed_transform(
+            x, running_mean, running_var, camids, targets, plan == _contract.CONVERT, momentum, eps, channels_last,
+            process_group,
+        )
+    if plan == _contract.RECORD:
+        new_rm, new_rv = _tnorm_statistics(x.detach(), running_mean, running_var, camids, d, momentum, channels_last)
+        _copy_running(running_mean, running_var, new_rm, new_rv)
+        return x
+    # conversion: sources are the batch statistics of each camera (the whole batch without camera ids)
+    # in training, the running rows of camids[n] in eval
+    segments, num_segments = _contract.segments_or_batch(camids, n, d, x.device)
+    update = training and camids is not None
     y, _scale, new_rm, new_rv = _tnorm_convert(
         x, running_mean, running_var, segments, targets, num_segments, training, update, momentum, eps, channels_last,
     )
@@ -351,15 +273,38 @@ def tnorm(
     return y
 
 
+def _normalize(x, running_mean, running_var, camids, weight, bias, training, momentum, eps, channels_last, group):
+    """``mode="normalize"``: per-camera batch statistics in training, running rows in eval (pooled
+    over cameras without camera ids)."""
+    d = running_mean.shape[0]
+    if training:
+        if group is not None:
+            return distributed_segment_norm(
+                x, weight, bias, None, running_mean, running_var, camids, d, momentum=momentum,
+                eps=eps, mix_std=False, channels_last=channels_last, group=group,
+            )
+        outs = segment_norm_forward(
+            x, weight, bias, None, running_mean, running_var, camids, d,
+            True, True, momentum, eps, False, channels_last,
+        )
+        _copy_running(running_mean, running_var, outs[7], outs[8])
+        return outs[0]
+    if camids is not None:
+        table_m, table_v, segments, rows = running_mean, running_var, camids, d
+    else:
+        table_m, table_v = _contract.pooled_stats(running_mean, running_var, keepdim=True)
+        segments, rows = _contract.segments_or_batch(None, x.shape[0], d, x.device)
+    outs = segment_norm_forward(
+        x, weight, bias, None, table_m, table_v, segments, rows,
+        False, False, momentum, eps, False, channels_last,
+    )
+    return outs[0]
+
+
 def _distributed_transform(x, running_mean, running_var, camids, targets, convert, momentum, eps, channels_last, group):
     """Training ``mode="transform"`` with per-camera statistics synchronized over ``group``."""
-    from ._distributed import global_segment_stats, update_rows
-
-    n, d = x.shape[0], running_mean.shape[0]
-    if convert and targets is None:
-        raise ValueError("tnorm: convert=True needs target camera ids")
-    segments = camids if camids is not None else torch.zeros(n, dtype=torch.int64, device=x.device)
-    num_segments = d if camids is not None else 1
+    d = running_mean.shape[0]
+    segments, num_segments = _contract.segments_or_batch(camids, x.shape[0], d, x.device)
     with torch.no_grad():
         mean_g, var_g, total, _ = global_segment_stats(x.detach(), segments, num_segments, channels_last, group)
     y = x

@@ -1,0 +1,509 @@
+"""GPU check in one command: the Triton kernels compiled and run on one CUDA GPU.
+
+    PYTHONPATH=. python benchmarks/gpu_check.py --out gpu_check.json
+
+Runs from a checkout of the repository, without installing it (it registers ``kernels/`` as the
+package ``timm_reid.kernels`` itself, as pyproject's package-dir would) and without a package
+index. It needs: python >= 3.10, torch (CUDA build; checked with 2.11 and 2.14), triton (3.6 or
+3.8), timm, numpy, scipy, scikit-learn, safetensors, PyYAML, Pillow and pytest (+ hypothesis for the
+property-based kernel tests; without it those test files are reported as not run). Nothing is
+downloaded: models are built with random weights.
+
+Stages, each with its own time budget (the whole check is sized for < 8 minutes on one H100/H200):
+
+1. ``tests``: ``tests/kernels/test_aibn.py`` and ``tests/kernels/test_tnorm.py`` with *compiled*
+   Triton (``TRITON_INTERPRET`` unset), in a subprocess. The tests build CPU tensors; a shim moves
+   every tensor argument of ``timm_reid.kernels.aibn`` / ``tnorm`` / ``tnorm_fanout`` to the GPU
+   and the results back (autograd flows through the copies, in-place running-statistics updates
+   are copied back), so the compiled kernels are compared with the CPU reference math at the
+   tests' own tolerances. Tests that need the interpreter (module tests on CPU tensors, the
+   gloo-distributed tests, the Jaccard tests) are not part of this stage.
+2. ``layers``: AIBN and TNorm modules with ``backend="triton"`` against ``backend="reference"``
+   on CUDA tensors (NCHW and the NHWC view, fp32 and bf16): output, input and parameter
+   gradients, running statistics; and ``torch.compile`` of a small AIBN + TNorm stack.
+3. ``kernels``: ``benchmarks/kernels.py`` timings (``triton.testing.do_bench``: median, p20, p80)
+   of the AIBN / TNorm kernels against the eager reference and ``nn.BatchNorm2d`` at the
+   ResNet-50 layer3 and ConvNeXt-T stage-3 shapes, and of the Jaccard distance kernel, with the
+   achieved bandwidth against the traffic model of ``kernels/README.md``.
+4. ``training``: a few SGD steps of a patched ResNet-50 and ConvNeXt-T at 256x128 (random
+   weights, batch of mixed cameras, TNorm conversion on) with the Triton backend and with the
+   reference backend from the same initial state: losses per step (they must agree) and the
+   median step-time ratio.
+
+Output: one JSON object in ``--out`` (written atomically; an existing file is not overwritten):
+``{"environment": ..., "stages": {name: {"ok": bool, "seconds": float, ...}}, "ok": bool}``.
+Exit status 0 when every stage passed, 1 when one failed, 2 for a bad command line. Without a
+CUDA device it prints "no CUDA device" and exits 0 (nothing to check on this machine).
+
+Triton API use checked against 3.6 and 3.8: ``autotune(prune_configs_by={"early_config_prune":
+f})`` is called as ``f(configs, named_args, **kwargs)`` in both; ``tl.dot(input_precision=)``,
+``tl.debug_barrier``, ``tl.cast`` and ``triton.testing.do_bench(quantiles=, grad_to_none=)`` exist
+in both; the ops use ``torch.library.triton_op`` / ``wrap_triton`` (torch >= 2.6).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_FILES = ["tests/kernels/test_aibn.py", "tests/kernels/test_tnorm.py"]
+# Seconds per stage, and for the whole check (--budget): a stage that would start with less than
+# a minute left is skipped, one that runs over its share is interrupted; both are reported.
+BUDGET_S = {"tests": 180, "layers": 60, "kernels": 120, "training": 120}
+TOTAL_BUDGET_S = 450
+
+
+class StageTimeout(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def ensure_importable() -> None:
+    """Make ``import timm_reid`` and ``import timm_reid.kernels`` work from a bare checkout.
+
+    pyproject maps the top-level ``kernels/`` folder to ``timm_reid.kernels``; without an install
+    that mapping does not exist, so the folder is registered under that name here, before
+    ``timm_reid`` (whose layers import ``timm_reid.kernels._contract``) is imported.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    if importlib.util.find_spec("timm_reid") is None:
+        raise SystemExit(f"gpu_check: timm_reid not found; run from the repository: PYTHONPATH={REPO}")
+    if "timm_reid.kernels" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("timm_reid.kernels") is not None:
+            return  # installed (pip install -e . or a wheel)
+    except ImportError:
+        pass  # `import timm_reid` itself failed: its kernels import is what is missing
+    spec = importlib.util.spec_from_file_location(
+        "timm_reid.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["timm_reid.kernels"] = module
+    spec.loader.exec_module(module)
+    import timm_reid
+
+    timm_reid.kernels = module  # what the import system sets for an installed subpackage
+
+
+def environment() -> Dict[str, object]:
+    import torch
+
+    env: Dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
+                              "cuda_runtime": torch.version.cuda}
+    for name in ("triton", "timm", "numpy", "scipy", "sklearn", "hypothesis", "pytest"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            env[name] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                   memory_gib=round(props.total_memory / 2**30, 1), sms=props.multi_processor_count)
+    return env
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic write: a temporary file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def light_autotune() -> None:
+    """Shorter autotune benchmarking (warmup 2 ms, rep 10 ms per config instead of 25 / 100): the
+    check autotunes dozens of (kernel, shape) keys and must fit its time budget. Config choice gets
+    noisier, the kernels' results do not change."""
+    import triton
+    from triton.runtime.autotuner import Autotuner
+
+    import timm_reid.kernels._segment_norm  # noqa: F401  (every kernel module)
+    import timm_reid.kernels._tnorm  # noqa: F401
+    import timm_reid.kernels.jaccard  # noqa: F401
+
+    def bench(kernel_call, quantiles):
+        return triton.testing.do_bench(kernel_call, warmup=2, rep=10, quantiles=quantiles)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("timm_reid.kernels"):
+            for obj in vars(module).values():
+                if isinstance(obj, Autotuner) and hasattr(obj, "_do_bench"):
+                    obj._do_bench = bench
+                    obj.__dict__.pop("do_bench", None)  # a cached_property in triton 3.x
+
+
+def timed(name: str, fn: Callable[[], dict], report: dict, seconds: int) -> None:
+    """Run one stage with an alarm after ``seconds``; its dict (or the exception) goes into
+    ``report["stages"][name]``."""
+    import signal
+
+    print(f"gpu_check: {name} (at most {seconds} s) ...", flush=True)
+    start = time.perf_counter()
+
+    def on_alarm(signum, frame):
+        raise StageTimeout(f"stage {name!r} ran over its {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        result = fn()
+    except Exception as e:  # a failing stage must not hide the others
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"[:4000]}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    report["stages"][name] = result
+    print(f"gpu_check: {name} {'ok' if result.get('ok') else 'FAILED'} in {result['seconds']} s", flush=True)
+
+
+# ----------------------------------------------------------------------------- stage 1: tests
+
+
+def stage_tests(seconds: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_INTERPRET"] = "0"  # the test modules only setdefault it
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_pytest", *TEST_FILES]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds - 5)
+    except subprocess.TimeoutExpired as e:
+        tail = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return {"ok": False, "error": f"timed out after {seconds - 5} s", "output_tail": tail[-3000:]}
+    summary = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line or "error" in line]
+    return {"ok": proc.returncode == 0, "returncode": proc.returncode, "summary": summary[-3:],
+            "output_tail": (proc.stdout + proc.stderr)[-4000:] if proc.returncode else ""}
+
+
+def _cuda_shim(fn: Callable, device: str = "cuda") -> Callable:
+    """``fn`` with every CPU tensor argument moved to ``device`` and the results moved back."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def run(*args, **kwargs):
+        moved = []
+
+        def to_cuda(t):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                c = t.to(device, copy=True)  # differentiable: gradients reach the CPU leaf
+                moved.append((t, c))
+                return c
+            return t
+
+        out = fn(*[to_cuda(a) for a in args], **{k: to_cuda(v) for k, v in kwargs.items()})
+        with torch.no_grad():
+            for orig, c in moved:  # in-place updates (running statistics) come back
+                if not orig.requires_grad and not torch.equal(orig, back_cpu := c.cpu()):
+                    orig.copy_(back_cpu)
+
+        def back(o):
+            if isinstance(o, torch.Tensor):
+                for orig, c in moved:
+                    if o is c:
+                        return orig  # identity outputs stay identity (`tnorm(x, ...) is x`)
+                return o.to("cpu", copy=True)
+            return o
+
+        return tree_map(back, out)
+
+    return run
+
+
+def run_pytest(files: List[str]) -> int:
+    """In the subprocess of :func:`stage_tests`: the test files with the CUDA shim installed."""
+    import types
+
+    import pytest
+
+    ensure_importable()
+    import tests.utils as test_utils
+    import timm_reid.kernels as kernels
+    from timm_reid.kernels import _utils
+
+    assert not _utils.INTERPRET, "TRITON_INTERPRET must be off for the GPU check"
+    light_autotune()
+    shim = types.SimpleNamespace(**{name: _cuda_shim(getattr(kernels, name)) for name in ("aibn", "tnorm", "tnorm_fanout")})
+    test_utils.import_interpreted_kernels = lambda: shim
+    return int(pytest.main(["-q", "-x", "-p", "no:cacheprovider", *files]))
+
+
+# ----------------------------------------------------------------------------- stage 2: layers
+
+
+def _module_case(layer_fn, x, dy, camids, targets):
+    import torch
+
+    layer = layer_fn()
+    xin = x.clone().requires_grad_(True)
+    y = layer(xin) if camids is None else layer(xin, camids, convert=targets is not None, targets=targets)
+    y.backward(dy)
+    grads = {"x": xin.grad}
+    grads.update({f"d{name}": p.grad for name, p in layer.named_parameters()})
+    return y.detach(), grads, {k: v.clone() for k, v in layer.named_buffers()}, torch.isfinite(y).all().item()
+
+
+def stage_layers() -> dict:
+    import torch
+
+    from timm_reid.layers import AIBN, TNorm
+
+    torch.manual_seed(0)
+    rows, ok = [], True
+    for dtype in (torch.float32, torch.bfloat16):
+        tol = 2e-4 if dtype == torch.float32 else 3e-2
+        for channels_last in (False, True):
+            shape = (16, 12, 10, 96) if channels_last else (16, 96, 12, 10)
+            x = torch.randn(shape, device="cuda").to(dtype)
+            dy = torch.randn(shape, device="cuda").to(dtype)
+            camids = torch.arange(16, device="cuda") % 3
+            targets = (camids + 1) % 3
+            cases = {
+                "aibn": (lambda b: AIBN(96, channels_last=channels_last, backend=b, gate_init=0.3), None, None),
+                "tnorm.convert": (lambda b: TNorm(96, 3, channels_last=channels_last, backend=b), camids, targets),
+                "tnorm.normalize": (lambda b: TNorm(96, 3, mode="normalize", channels_last=channels_last, backend=b),
+                                    camids, None),
+            }
+            for op, (make, cam, tgt) in cases.items():
+                got = _module_case(lambda: make("triton").cuda().train(), x, dy, cam, tgt)
+                ref = _module_case(lambda: make("reference").cuda().train(), x, dy, cam, tgt)
+                errs = {"y": _rel(got[0], ref[0])}
+                errs.update({k: _rel(got[1][k], ref[1][k]) for k in ref[1] if ref[1][k] is not None})
+                errs.update({k: _rel(got[2][k], ref[2][k]) for k in ref[2]})
+                passed = got[3] and all(e <= tol for e in errs.values())
+                ok &= passed
+                rows.append({"op": op, "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last,
+                             "max_rel_err": {k: float(f"{v:.3g}") for k, v in errs.items()}, "ok": passed})
+    result = {"ok": ok, "cases": rows, "tolerance": {"float32": 2e-4, "bfloat16": 3e-2}}
+    try:
+        result["compile"] = _compile_check()
+        result["ok"] = result["ok"] and result["compile"]["ok"]
+    except Exception as e:
+        result["compile"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+        result["ok"] = False
+    return result
+
+
+def _rel(a, b) -> float:
+    """max |a - b| / max(1, max |b|): relative to the tensor's scale, robust to zeros."""
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+def _compile_check() -> dict:
+    import torch
+    from torch import nn
+
+    from timm_reid.layers import AIBN, TNorm
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.aibn = AIBN(32, backend="triton")
+            self.tnorm = TNorm(32, 3, backend="triton")
+
+        def forward(self, x, camids, targets):
+            return self.tnorm(self.aibn(x), camids, convert=True, targets=targets)
+
+    eager = Stack().cuda().train()
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module)
+    x = torch.randn(8, 32, 16, 8, device="cuda")
+    camids = torch.arange(8, device="cuda") % 3
+    targets = (camids + 2) % 3
+    errs = []
+    for _ in range(2):
+        errs.append(_rel(compiled(x, camids, targets), eager(x, camids, targets)))
+    return {"ok": max(errs) <= 1e-4, "max_rel_err": max(errs)}
+
+
+# ----------------------------------------------------------------------------- stage 3: kernels
+
+
+def stage_kernels(jaccard_n: int) -> dict:
+    import torch
+
+    spec = importlib.util.spec_from_file_location("timm_reid_bench_kernels", REPO / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # its `from _common import environment`
+    spec.loader.exec_module(bench)
+    import timm_reid.kernels as kernels
+    from timm_reid.cluster.cross_camera import cross_camera_distance as cluster_fn
+    from timm_reid.layers import functional
+
+    torch.backends.cudnn.benchmark = True
+    traffic = list(bench.norm_traffic_rows(functional))
+    env = {"device": torch.cuda.get_device_name()}
+    rows = list(bench.timing_rows(env, traffic, functional, kernels, cluster_fn, jaccard_n))
+    keep = ("op", "impl", "pass", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "bytes", "gbps", "pct_peak",
+            "speedup_vs_eager", "speedup_vs_batchnorm2d", "tops", "n", "d", "s")
+    rows = [{k: r[k] for k in keep if k in r} for r in rows]
+    return {"ok": bool(rows), "hbm_bytes_per_s_model": bench.HBM_BYTES_PER_S,
+            "note": "pct_peak is against the H100 SXM figure of kernels/README.md (3.35 TB/s); "
+                    "an H200 has 4.8 TB/s", "timings": rows}
+
+
+# ----------------------------------------------------------------------------- stage 4: training
+
+
+def _patched(name: str):
+    import timm
+
+    import timm_reid
+
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    return timm_reid.patch(model, aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=6)
+
+
+def _train(model, batches, head, backend: str, steps: int) -> dict:
+    import torch
+
+    from timm_reid.layers import use_backend
+
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    losses, times = [], []
+    with use_backend(backend):
+        for i in range(steps):
+            x, camids, labels, targets = batches[i % len(batches)]
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            feats = model(x, camids=camids, convert=True, targets=targets)
+            loss = torch.nn.functional.cross_entropy(head(feats), labels)
+            loss.backward()
+            opt.step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            losses.append(loss.item())
+    return {"losses": losses, "times": times}
+
+
+def stage_training(steps: int, batch: int) -> dict:
+    import torch
+
+    results, ok = {}, True
+    for name in ("resnet50", "convnext_tiny"):
+        try:
+            results[name] = _train_both(name, steps, batch)
+        except StageTimeout as e:  # keep what the first model measured
+            results[name] = {"ok": False, "error": str(e)}
+            return {"ok": False, "models": results}
+        ok &= results[name]["ok"]
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return {"ok": ok, "models": results}
+
+
+def _train_both(name: str, steps: int, batch: int) -> dict:
+    """Both backends from the same initial state; the warm-up steps (compilation, autotuning) run
+    on copies and are timed separately."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _patched(name).cuda().train()
+    head = torch.nn.Linear(model.num_features, 100).cuda()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    batches = []
+    for _ in range(2):
+        camids = torch.arange(batch, device="cuda") % 6
+        batches.append((torch.randn(batch, 3, 256, 128, device="cuda", generator=g), camids,
+                        torch.randint(0, 100, (batch,), device="cuda", generator=g), (camids + 1) % 6))
+    runs, warmup = {}, {}
+    for backend in ("triton", "reference"):
+        start = time.perf_counter()
+        _train(copy.deepcopy(model), batches, copy.deepcopy(head), backend, 2)
+        warmup[backend] = round(time.perf_counter() - start, 2)
+        runs[backend] = _train(copy.deepcopy(model), batches, copy.deepcopy(head), backend, steps)
+    tri, ref = runs["triton"], runs["reference"]
+    rel = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(tri["losses"], ref["losses"]))
+    t_tri, t_ref = statistics.median(tri["times"][1:]), statistics.median(ref["times"][1:])
+    passed = rel <= 2e-3  # fp32 throughout; the convolutions are the same cuDNN calls on both sides
+    return {
+        "ok": passed, "batch": batch, "input": [256, 128], "steps": steps,
+        "losses_triton": tri["losses"], "losses_reference": ref["losses"], "max_rel_loss_diff": rel,
+        "median_step_ms_triton": round(1e3 * t_tri, 2), "median_step_ms_reference": round(1e3 * t_ref, 2),
+        "time_ratio_triton_over_reference": round(t_tri / t_ref, 3),
+        "warmup_s_2_steps": warmup, "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpu_check.py", description="Compile and run the timm-reid Triton kernels on one CUDA GPU.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report (default: %(default)s)")
+    parser.add_argument("--stages", default="tests,layers,kernels,training",
+                        help="comma-separated subset of tests,layers,kernels,training (default: all)")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per backend (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size (default: %(default)s)")
+    parser.add_argument("--jaccard-n", type=int, default=4096, help="n of the Jaccard timing (default: %(default)s)")
+    parser.add_argument("--budget", type=int, default=TOTAL_BUDGET_S,
+                        help="seconds for the whole check (default: %(default)s)")
+    parser.add_argument("--_pytest", nargs="+", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args._pytest:
+        return run_pytest(args._pytest)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(stages) - {"tests", "layers", "kernels", "training"})
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; choose from tests, layers, kernels, training")
+    if args.out.exists():
+        parser.error(f"--out {args.out} exists; choose another file or remove it (reports are never overwritten)")
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device found (torch.cuda.is_available() is False): nothing to check on this "
+              "machine; run it on a machine with one CUDA GPU. Exit status 0.", flush=True)
+        return 0
+    ensure_importable()
+    light_autotune()
+    report = {"environment": environment(), "stages": {}, "command": sys.argv,
+              "autotune": "light (warmup 2 ms, rep 10 ms per config)"}
+    deadline = time.perf_counter() + args.budget
+    for name in stages:
+        left = int(deadline - time.perf_counter())
+        if left < 60:
+            report["stages"][name] = {"ok": False, "skipped": f"time budget: {left} s left of {args.budget}"}
+            continue
+        seconds = min(BUDGET_S[name], left)
+        plan = {
+            "tests": lambda: stage_tests(seconds),
+            "layers": stage_layers,
+            "kernels": lambda: stage_kernels(args.jaccard_n),
+            "training": lambda: stage_training(args.steps, args.batch),
+        }
+        timed(name, plan[name], report, seconds)
+        write_json(args.out, report)  # partial results survive a later crash or timeout
+    report["ok"] = all(s.get("ok") for s in report["stages"].values())
+    write_json(args.out, report)
+    print(f"gpu_check: {'all stages passed' if report['ok'] else 'FAILED'}; report in {args.out}", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
