@@ -60,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
-        return fail(parser.prog, err)
-    except OSError as err:  # unreadable images (read_image names the file)
+    except (UsageError, OSError, ValueError) as err:  # OSError: missing files, unreadable images (named)
         return fail(parser.prog, err)
     return 0
 
@@ -140,7 +138,7 @@ def _checkpoint_net(path):
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
     try:
         state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # load_checkpoint's own errors name the file
         raise
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         raise ValueError(f"{path} is not a readable timm-reid checkpoint ({type(exc).__name__}: {exc})") from None
