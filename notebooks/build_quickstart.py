@@ -1,16 +1,15 @@
 """Write ``notebooks/quickstart.ipynb`` from the cells below (the notebook is generated, edit here).
 
-    python notebooks/build_quickstart.py            # write the notebook without outputs
-    python notebooks/build_quickstart.py --execute  # ... and execute it in place (full settings)
+    python notebooks/build_quickstart.py                   # write the notebook without outputs
+    python notebooks/build_quickstart.py --execute --tiny  # ... executed at tiny settings (as stored)
+    python notebooks/build_quickstart.py --execute         # ... executed at full settings (~10 min)
 
 The test suite (``tests/test_notebook.py``) executes the notebook with
 ``TIMM_REID_QUICKSTART_TINY=1``, which the first code cell reads.
 """
-import argparse
 import os
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import _build
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATH = os.path.join(HERE, "quickstart.ipynb")
@@ -28,6 +27,9 @@ so small that the numbers mean nothing; unset, the training cell runs the `demo`
 minutes on two cores)."""),
     ("code", """import os
 import tempfile
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # before tqdm.auto is imported: no ipywidgets
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -175,30 +177,5 @@ for name in ("curves.png", "cmc.png", "embedding.png"):
 ]
 
 
-def build():
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
-    for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
-        cell["id"] = f"cell-{i:02d}"
-    return nb
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--execute", action="store_true", help="execute the notebook and keep the outputs")
-    p.add_argument("--out", default=PATH)
-    args = p.parse_args(argv)
-    nb = build()
-    if args.execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": HERE}}).execute()
-    nbformat.validate(nb)
-    nbformat.write(nb, args.out)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    _build.main(CELLS, path=PATH, env_prefix="TIMM_REID_QUICKSTART", description=__doc__.split("\n\n")[0])

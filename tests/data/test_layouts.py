@@ -7,6 +7,9 @@ from hypothesis import strategies as st
 from timm_reid.data import (DATASETS, Record, build_dataset, load_csv, load_dukemtmc,
                             load_market1501, load_msmt17, relabel, split_query_gallery)
 
+# These miniature copies of the real layouts are smaller than the published datasets on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::timm_reid.data.published.DatasetCountWarning")
+
 MARKET_TRAIN = ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg",
                 "0007_c3s3_015738_04.jpg", "0010_c6s4_002427_02.jpg"]
 MARKET_QUERY = ["0001_c1s1_001051_00.jpg", "0003_c4s6_015641_00.jpg"]
@@ -192,7 +195,7 @@ def test_csv_folder_with_evaluation_splits(tmp_path, jpegs):
 def test_csv_malformed_rows(tmp_path, jpegs, row):
     jpegs(tmp_path, ["a.jpg"])
     (tmp_path / "train.csv").write_text(f"a.jpg,0\n{row}\n")
-    with pytest.raises(ValueError, match=r"row 2: .*1 of 2 files.*path,camid"):
+    with pytest.raises(ValueError, match=r"1 of 2 rows of .*train.csv are malformed: line 2 .*column.*path,camid"):
         load_csv(tmp_path)
 
 
@@ -203,7 +206,7 @@ def test_csv_query_needs_pid_and_gallery(tmp_path, jpegs):
     with pytest.raises(FileNotFoundError, match="only one of query.csv and gallery.csv"):
         load_csv(tmp_path)
     (tmp_path / "gallery.csv").write_text("a.jpg,0,1\n")
-    with pytest.raises(ValueError, match="query.csv.*pid required"):
+    with pytest.raises(ValueError, match=r"query.csv .*line 1 .*column 3 \(pid\) is required"):
         load_csv(tmp_path)
 
 

@@ -172,3 +172,17 @@ def test_save_contact_sheet_grid(tiny_synthetic, tmp_path):
         expected = np.asarray(tile)
     x0 = first.camid * 18
     assert np.abs(sheet[:32, x0:x0 + 16].astype(int) - expected).max() <= 2
+
+
+def test_never_writes_among_other_files(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"is not empty \(notes.txt\).*new or empty folder"):
+        generate_synthetic(folder, **TINY_SYNTHETIC)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        load_synthetic(folder, **TINY_SYNTHETIC)
+    assert sorted(os.listdir(folder)) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert generate_synthetic(tmp_path / "empty", **{**TINY_SYNTHETIC, "num_identities": 2,
+                                                      "num_test_identities": 2})["counts"]

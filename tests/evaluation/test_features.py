@@ -109,7 +109,7 @@ def test_camera_aggregation_needs_num_cameras(num_cameras):
 
 @pytest.mark.parametrize(
     "loader, message",
-    [([torch.zeros(2, 2, 3, 4)], "must yield"), ([{"image": torch.zeros(1, 2, 3, 4)}], "missing"),
+    [([torch.zeros(2, 2, 3, 4)], "must yield"), ([{"image": torch.zeros(1, 2, 3, 4)}], "none of the pids keys"),
      ([], "no batches")],
 )
 def test_bad_loaders_raise(loader, message):
@@ -125,3 +125,34 @@ def test_model_must_return_features():
     batches, _ = make_batches()
     with pytest.raises(TypeError, match="feature tensor"):
         extract_features(Scalar(), batches, progress=False)
+
+
+@pytest.mark.parametrize("keys", [("img", "pid", "camid"),          # torchreid
+                                  ("images", "targets", "camids"),  # fast-reid
+                                  ("image", "pids", "cams"), ("imgs", "labels", "cam")])
+def test_dict_batches_with_common_key_names(keys):
+    model = Embed()
+    batches, _ = make_batches()
+    expected = extract_features(model, batches, progress=False)
+    dict_batches = [{**dict(zip(keys, b[:3])), "impath": ["x"] * len(b[0])} for b in batches]
+    for got, want in zip(extract_features(model, dict_batches, progress=False), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_batch_fn_unpacks_any_batch_format():
+    model = Embed()
+    batches, _ = make_batches()
+    expected = extract_features(model, batches, progress=False)
+    nested = [{"inputs": {"pixels": b[0]}, "meta": (b[2], b[1])} for b in batches]
+    got = extract_features(model, nested, progress=False,
+                           batch_fn=lambda b: (b["inputs"]["pixels"], b["meta"][1], b["meta"][0]))
+    for g, w in zip(got, expected):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(TypeError, match="batch_fn must return"):
+        extract_features(model, nested, progress=False, batch_fn=lambda b: b["inputs"]["pixels"])
+
+
+def test_ambiguous_dict_batch_is_an_error():
+    batch = {"img": torch.zeros(1, 2, 3, 4), "image": torch.zeros(1, 2, 3, 4), "pid": [0], "camid": [0]}
+    with pytest.raises(ValueError, match=r"more than one of \(img, image\).*batch_fn"):
+        extract_features(Embed(), [batch], progress=False)

@@ -49,7 +49,7 @@ def test_tiny_run_on_market_layout_then_evaluate_cli(market_dir, tmp_path):
     assert state["args"]["dataset"] == "market1501" and state["head_sizes"] == [14]
 
     out = tmp_path / "eval.json"
-    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate", "--checkpoint", str(run / "final.pth"),
+    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate_cli", "--checkpoint", str(run / "final.pth"),
                            "--data", str(market_dir), "--threads", "1", "--output", str(out)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     assert proc.returncode == 0, proc.stderr
@@ -57,7 +57,7 @@ def test_tiny_run_on_market_layout_then_evaluate_cli(market_dir, tmp_path):
     evaluated = json.loads(out.read_text())["test"]
     assert evaluated["mAP"] == pytest.approx(result["final"]["mAP"], abs=1e-6)
 
-    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate", "--checkpoint", str(tmp_path / "nope.pth")],
+    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate_cli", "--checkpoint", str(tmp_path / "nope.pth")],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     assert proc.returncode != 0 and "nope.pth" in proc.stderr
 

@@ -5,7 +5,7 @@ transforms, an image dataset and samplers.
 ``timm_reid.data.synthetic``; they are re-exported lazily so that
 ``python -m timm_reid.data.synthetic`` does not import its own module twice.
 """
-from timm_reid.data.image_dataset import ImageDataset, read_image
+from timm_reid.data.image_dataset import ImageDataset, ImageReadError, read_image
 from timm_reid.data.layouts import (
     Record,
     ReIDDataset,
@@ -28,6 +28,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageDataset",
+    "ImageReadError",
     "RandomIdentitySampler",
     "Record",
     "ReIDDataset",

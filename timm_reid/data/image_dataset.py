@@ -8,13 +8,24 @@ from torch.utils.data import Dataset
 
 from timm_reid.data.layouts import Record
 
-__all__ = ["ImageDataset", "read_image"]
+__all__ = ["ImageDataset", "ImageReadError", "read_image"]
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be decoded (corrupt, truncated or not an image); names the file."""
 
 
 def read_image(path: str) -> Image.Image:
-    """Load an image file as RGB."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """Load an image file as RGB; a missing file raises FileNotFoundError, an unreadable one
+    :class:`ImageReadError` naming it (Pillow's own messages, e.g. "Truncated File Read", do not)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's decoders raise all three
+        raise ImageReadError(f"cannot read image {path}: {exc} (the file is corrupt, truncated or not "
+                             "an image; re-extract the dataset or remove the file)") from exc
 
 
 class ImageDataset(Dataset):

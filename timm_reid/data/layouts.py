@@ -21,6 +21,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from timm_reid.data.published import count_differences, warn_if_unexpected
+
 __all__ = [
     "Record",
     "ReIDDataset",
@@ -81,6 +83,9 @@ class ReIDDataset:
                 ids = len({r.pid for r in records if r.pid >= 0})
                 cams = len({r.camid for r in records})
                 lines.append(f"  {split:<8}{ids:>7}{len(records):>9}{cams:>9}")
+        differences = count_differences(self)
+        if differences:
+            lines.append("  differs from the published counts: " + "; ".join(differences))
         return "\n".join(lines)
 
 
@@ -203,7 +208,9 @@ def _folder_dataset(name: str, root: str, subdir: str, naming: _FolderNaming) ->
         path = os.path.join(base, folder)
         _require_dir(path, f"{name} {split}", hint)
         splits[split] = _read_folder(path, naming, drop_junk=True)
-    return _make_dataset(name, base, splits["train"], splits["query"], splits["gallery"])
+    dataset = _make_dataset(name, base, splits["train"], splits["query"], splits["gallery"])
+    warn_if_unexpected(dataset)  # only names with published counts (not "synthetic")
+    return dataset
 
 
 def load_market1501(root: str | os.PathLike, *, name: str = "market1501") -> ReIDDataset:
@@ -215,7 +222,8 @@ def load_market1501(root: str | os.PathLike, *, name: str = "market1501") -> ReI
 
     Expected counts for the full dataset: 751 train identities / 12,936 train images,
     3,368 query images (750 identities), 15,913 gallery images (751 identities plus
-    2,793 distractors), 6 cameras.
+    2,793 distractors; the folder's 19,732 files include 3,819 junk images), 6 cameras.
+    Other counts give a :class:`~timm_reid.data.published.DatasetCountWarning`.
     """
     return _folder_dataset(name, root, "Market-1501-v15.09.15", _MARKET_NAMING)
 
@@ -229,6 +237,7 @@ def load_dukemtmc(root: str | os.PathLike) -> ReIDDataset:
 
     Expected counts: 702 train identities / 16,522 train images, 2,228 query images,
     17,661 gallery images (1,110 identities incl. 408 gallery-only distractor ids), 8 cameras.
+    Other counts give a :class:`~timm_reid.data.published.DatasetCountWarning`.
     """
     return _folder_dataset("dukemtmc", root, "DukeMTMC-reID", _DUKE_NAMING)
 
@@ -304,6 +313,8 @@ def load_msmt17(root: str | os.PathLike, *, version: str | None = None) -> ReIDD
     Expected counts: train 30,248 images + val 2,373 images (1,041 identities together;
     val pids are training identities, kept as listed), query 11,659 and gallery 82,161
     images (3,060 identities), 15 cameras. ``val`` is exposed when ``list_val.txt`` exists.
+    Other counts (train and val compared together) give a
+    :class:`~timm_reid.data.published.DatasetCountWarning`.
     """
     base, version = _find_msmt_root(os.fspath(root), version)
     _, train_dir, test_dir = _MSMT_VERSIONS[version]
@@ -311,12 +322,14 @@ def load_msmt17(root: str | os.PathLike, *, version: str | None = None) -> ReIDD
     _require_dir(test_dir, "MSMT17 test", f"{base}/{os.path.basename(test_dir)}")
     val_list = os.path.join(base, "list_val.txt")
     val = _read_msmt_list(val_list, train_dir) if os.path.isfile(val_list) else []
-    return _make_dataset(
+    dataset = _make_dataset(
         "msmt17", base,
         train=_read_msmt_list(os.path.join(base, "list_train.txt"), train_dir),
         query=_read_msmt_list(os.path.join(base, "list_query.txt"), test_dir),
         gallery=_read_msmt_list(os.path.join(base, "list_gallery.txt"), test_dir),
         val=val)
+    warn_if_unexpected(dataset)
+    return dataset
 
 
 # ---------------------------------------------------------------- CSV
@@ -326,24 +339,27 @@ _CSV_EXPECTED = "rows 'path,camid' or 'path,camid,pid' (camid a 0-based int, pid
 
 def _read_csv(csv_path: str, *, need_pid: bool) -> list[Record]:
     """Rows ``path,camid[,pid]``; an optional header row names the columns."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
-    if rows and [c.strip().lower() for c in rows[0]] in (["path", "camid"],
-                                                          ["path", "camid", "pid"]):
+    # utf-8-sig: files saved by Excel and many Windows tools start with a byte-order mark.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = [(line_no, row) for line_no, row in enumerate(csv.reader(f), 1)
+                if row and any(cell.strip() for cell in row)]
+    if rows and [c.strip().lower() for c in rows[0][1]] in (["path", "camid"],
+                                                             ["path", "camid", "pid"]):
         rows = rows[1:]
     if not rows:
         raise ValueError(f"no rows in {csv_path}: expected {_CSV_EXPECTED}")
     base = os.path.dirname(os.path.abspath(csv_path))
     records, bad = [], []
-    for line_no, row in enumerate(rows, 1):
-        record = _parse_csv_row(row, base, need_pid)
-        if record is None:
-            bad.append(f"row {line_no}: {','.join(row)}")
+    for line_no, row in rows:
+        problem = _csv_row_problem(row, need_pid)
+        if problem:
+            bad.append(f"line {line_no} ({','.join(row)}): {problem}")
         else:
-            records.append(record)
+            records.append(_csv_record(row, base))
     if bad:
-        what = _CSV_EXPECTED + (", pid required in query/gallery/val" if need_pid else "")
-        raise _malformed_error(csv_path, bad, len(rows), what)
+        shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise ValueError(f"{len(bad)} of {len(rows)} rows of {csv_path} are malformed: {shown}. "
+                         f"Expected {_CSV_EXPECTED}; fix or remove these rows")
     missing = [r.path for r in records if not os.path.isfile(r.path)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) listed in {csv_path} do not exist, "
@@ -352,17 +368,27 @@ def _read_csv(csv_path: str, *, need_pid: bool) -> list[Record]:
     return records
 
 
-def _parse_csv_row(row: list[str], base: str, need_pid: bool) -> Record | None:
+def _csv_row_problem(row: list[str], need_pid: bool) -> str:
+    """What is wrong with one row (column 1 path, 2 camid, 3 pid), or "" if nothing."""
     cells = [c.strip() for c in row]
-    if len(cells) not in (2, 3) or not cells[0] or not cells[1].isdigit():
-        return None
+    if len(cells) not in (2, 3):
+        return f"{len(cells)} columns, expected 2 or 3"
+    if not cells[0]:
+        return "column 1 (path) is empty"
+    if not cells[1].isdigit():
+        return f"column 2 (camid) {cells[1]!r} is not a non-negative int"
     pid_text = cells[2] if len(cells) == 3 else ""
     if pid_text and not re.fullmatch(r"-?\d+", pid_text):
-        return None
-    pid = int(pid_text) if pid_text else -1
-    if need_pid and pid < 0:
-        return None
-    return Record(os.path.join(base, cells[0]), pid, int(cells[1]))
+        return f"column 3 (pid) {pid_text!r} is not an int"
+    if need_pid and (not pid_text or int(pid_text) < 0):
+        return "column 3 (pid) is required in query/gallery/val files"
+    return ""
+
+
+def _csv_record(row: list[str], base: str) -> Record:
+    cells = [c.strip() for c in row]
+    pid_text = cells[2] if len(cells) == 3 else ""
+    return Record(os.path.join(base, cells[0]), int(pid_text) if pid_text else -1, int(cells[1]))
 
 
 def load_csv(root: str | os.PathLike) -> ReIDDataset:

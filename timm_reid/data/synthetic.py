@@ -555,7 +555,7 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
                        **options) -> dict:
     """Write a synthetic dataset in the Market-1501 layout to ``out``; return its meta.
 
-    ``out`` must not exist yet or hold no dataset (no ``meta.json`` nor Market folders).
+    ``out`` must not exist yet or be an empty folder: nothing is ever written among other files.
     ``options`` are :class:`SyntheticConfig` fields, used when ``config`` is None. The
     folder gets ``bounding_box_train``, ``query``, ``bounding_box_test`` with real Market
     names (train pids ``1..P``, test pids ``P+1..P+Q``, distractors pid 0) and
@@ -564,10 +564,7 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     """
     config = config if config is not None else _config_from(options)
     out = os.fspath(out)
-    taken = [n for n in ("meta.json",) + _SPLIT_FOLDERS if os.path.exists(os.path.join(out, n))]
-    if taken:
-        raise FileExistsError(f"{out} already holds a dataset ({', '.join(taken)}); choose "
-                              "another output folder or delete it first")
+    _check_output_folder(out)
     start = time.perf_counter()
     # Write everything next to ``out`` first, so a crash never leaves a half dataset behind
     # and concurrent writers of the same cache folder cannot mix their files.
@@ -584,6 +581,21 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**meta, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _check_output_folder(out: str) -> None:
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder; choose a new or empty output folder")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return
+    taken = [n for n in ("meta.json",) + _SPLIT_FOLDERS if n in entries]
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    what = f"already holds a dataset ({', '.join(taken)})" if taken else f"is not empty ({shown})"
+    raise FileExistsError(f"{out} {what}; synthetic data is only written into a new or empty folder: "
+                          "choose another output folder")
 
 
 def _write_images(folder: str, config: SyntheticConfig) -> dict:
@@ -696,27 +708,32 @@ def save_contact_sheet(records: Sequence[Record], path: str | os.PathLike, *,
 # ---------------------------------------------------------------- command line
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from timm_reid._cli import prog_name
+
     d = SyntheticConfig()
     p = argparse.ArgumentParser(
-        prog="python -m timm_reid.data.synthetic",
+        prog=prog_name("timm-reid-synthetic", "timm_reid.data.synthetic"), allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Write a synthetic multi-camera person ReID dataset (Market-1501 layout).")
-    p.add_argument("--out", required=True, help="output folder (must not hold a dataset)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-cameras", type=int, default=d.num_cameras)
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same files)")
+    p.add_argument("--num-cameras", type=int, default=d.num_cameras, help="cameras")
     p.add_argument("--num-identities", type=int, default=d.num_identities,
                    help="training identities")
     p.add_argument("--num-test-identities", type=int, default=d.num_test_identities,
                    help="query/gallery identities, disjoint from the training ones")
     p.add_argument("--cameras-per-identity", type=int, nargs=2, default=d.cameras_per_identity,
-                   metavar=("LO", "HI"))
+                   metavar=("LO", "HI"), help="cameras each identity appears in")
     p.add_argument("--images-per-camera", type=int, nargs=2, default=d.images_per_camera,
-                   metavar=("LO", "HI"))
+                   metavar=("LO", "HI"), help="images of an identity per camera")
     p.add_argument("--num-distractors", type=int, default=d.num_distractors,
                    help="gallery images of pid 0")
-    p.add_argument("--image-size", type=int, nargs=2, default=d.image_size, metavar=("H", "W"))
+    p.add_argument("--image-size", type=int, nargs=2, default=d.image_size, metavar=("H", "W"),
+                   help="image height and width")
     p.add_argument("--style-strength", type=float, default=d.style_strength,
                    help="camera style gap: 0 none, 1 weak (learnable), ~4 strong")
-    p.add_argument("--occlusion-p", type=float, default=d.occlusion_p)
+    p.add_argument("--occlusion-p", type=float, default=d.occlusion_p,
+                   help="probability of an occluder per image")
     p.add_argument("--contact-sheet", metavar="PNG",
                    help="also save a preview grid (training identities x cameras)")
     return p

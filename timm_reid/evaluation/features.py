@@ -7,18 +7,45 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-def _unpack(batch):
-    """(images, pids, camids) from a `(images, pids, camids, ...)` sequence or a dict batch."""
+# Key names of the common ReID codebases: torchreid ("img", "pid", "camid"), fast-reid ("images",
+# "targets", "camids"), timm-reid's own ("image", "pid", "camid").
+BATCH_KEYS = {
+    "images": ("img", "image", "images", "imgs"),
+    "pids": ("pid", "pids", "targets", "label", "labels"),
+    "camids": ("camid", "camids", "cam", "cams"),
+}
+
+
+def _from_dict(batch: dict):
+    values = []
+    for what, names in BATCH_KEYS.items():
+        present = [name for name in names if name in batch]
+        if len(present) != 1:
+            problem = "none of" if not present else f"more than one of ({', '.join(present)})"
+            raise ValueError(
+                f"dict batch: {problem} the {what} keys {', '.join(map(repr, names))}; batch keys are "
+                f"{sorted(map(str, batch))}. Rename the keys or pass batch_fn=lambda b: (images, pids, camids)"
+            )
+        values.append(batch[present[0]])
+    return tuple(values)
+
+
+def _unpack(batch, batch_fn=None):
+    """(images, pids, camids) from a batch: ``batch_fn(batch)``, a dict with one of each of the
+    ``BATCH_KEYS`` names, or an `(images, pids, camids, ...)` sequence."""
+    if batch_fn is not None:
+        out = batch_fn(batch)
+        if not isinstance(out, (list, tuple)) or len(out) != 3:
+            raise TypeError(f"batch_fn must return (images, pids, camids); got {type(out).__name__}"
+                            + (f" of length {len(out)}" if isinstance(out, (list, tuple)) else ""))
+        return tuple(out)
     if isinstance(batch, dict):
-        missing = [key for key in ("image", "pid", "camid") if key not in batch]
-        if missing:
-            raise ValueError(f"dict batches need the keys 'image', 'pid', 'camid'; missing {missing}")
-        return batch["image"], batch["pid"], batch["camid"]
+        return _from_dict(batch)
     if isinstance(batch, (list, tuple)) and len(batch) >= 3:
         return batch[0], batch[1], batch[2]
     raise TypeError(
-        "the loader must yield (images, pids, camids) tuples or dicts with keys 'image', 'pid', "
-        f"'camid'; got {type(batch).__name__}"
+        "the loader must yield (images, pids, camids) tuples or dicts with keys such as 'img', 'pid', "
+        f"'camid' (see BATCH_KEYS), or pass batch_fn; got {type(batch).__name__}"
         + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
     )
 
@@ -63,14 +90,17 @@ def extract_features(
     num_cameras: int | None = None,
     device=None,
     progress: bool = True,
+    batch_fn=None,
 ):
     """Features of every image a loader yields, with their identities and cameras.
 
     Args:
         model: returns (N, D) features (or a tuple whose first element is that). It is put in
             eval mode for the extraction and its previous mode restored afterwards.
-        loader: iterable of `(images, pids, camids, ...)` tuples or dicts with keys "image",
-            "pid", "camid" (images NCHW).
+        loader: iterable of `(images, pids, camids, ...)` tuples or of dicts with one key of each
+            group of `BATCH_KEYS`: "img"/"image"/"images"/"imgs", "pid"/"pids"/"targets"/"label"/
+            "labels", "camid"/"camids"/"cam"/"cams" (torchreid, fast-reid and timm-reid batches);
+            images NCHW.
         flip: average the features of the image and its horizontal mirror (ReID standard).
         normalize: L2-normalise the final features (after flip averaging / aggregation).
         camera_aggregate: IIDS test-time aggregation: call
@@ -80,6 +110,7 @@ def extract_features(
         num_cameras: number of cameras, required with camera_aggregate.
         device: where to run the model (default: the device of its first parameter).
         progress: show a tqdm progress bar.
+        batch_fn: for any other batch format: `batch_fn(batch) -> (images, pids, camids)`.
 
     Returns:
         `(features, pids, camids)`: (N, D) float32 CPU tensor, (N,) int64, (N,) int64.
@@ -99,7 +130,7 @@ def extract_features(
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="extract features", disable=not progress):
-                images, batch_pids, batch_camids = _unpack(batch)
+                images, batch_pids, batch_camids = _unpack(batch, batch_fn)
                 images = images.to(device)
                 cams = torch.as_tensor(batch_camids).long()
                 if camera_aggregate:
