@@ -19,9 +19,9 @@ import yaml
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import METHODS, get_method
 
-PRESETS = ("demo", "iics", "iids")
+PRESETS = ("demo", "iics", "iids", "ice", "ice-demo")
 # Preset used when none is given: (without --dataset: synthetic data, with --dataset).
-DEFAULT_PRESETS = {"iics": ("demo", "iics")}
+DEFAULT_PRESETS = {"iics": ("demo", "iics"), "ice": ("ice-demo", "ice")}
 # Flags --resume honours (how to run, not what to train); any other flag is refused with it.
 RESUME_FLAGS = ("resume", "threads", "workers", "no_progress", "no_plots", "device")
 PROG = "python -m timm_reid.train"

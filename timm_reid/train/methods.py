@@ -9,6 +9,7 @@ from importlib import import_module
 
 METHODS = {
     "iics": "timm_reid.train.iics",
+    "ice": "timm_reid.train.ice",
 }
 
 
