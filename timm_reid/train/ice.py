@@ -25,7 +25,6 @@ Choices where the paper is silent (following chenhao2345/ICE unless said):
   the learning rate warms up linearly from 0.1 x over ``--warmup-epochs`` epochs.
 """
 
-import argparse
 import copy
 import math
 import time
