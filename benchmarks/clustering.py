@@ -1,10 +1,11 @@
 """Clustering-side benchmarks: agglomerative vs sklearn, re-ranking vs a dense implementation,
-cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant).
+cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant),
+and the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix).
 
 Every measurement runs in a fresh subprocess (time, and peak RSS growth over the inputs; see
 _memory.py) with --threads BLAS/OpenMP threads; rows are JSON lines with median / p20 / p80.
 
-    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard] [--reps 3] [--threads 1]
+    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan] [--reps 3] [--threads 1]
 
 Sizes: Market-1501 train (12,936 images) everywhere; agglomerative also at --large N (default
 24,000) for timm-reid only - MSMT17 train (32,621) needs 3 x 4.3 GB here (float32 input,
@@ -25,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, quantiles  # noqa: E402
 from _memory import measure, run_isolated  # noqa: E402
 
-from timm_reid.cluster import agglomerative, rerank, weighted_jaccard  # noqa: E402
+from timm_reid.cluster import agglomerative, dbscan_jaccard, rerank, weighted_jaccard  # noqa: E402
 
 MARKET_TRAIN, CAMERAS, CLASSES_PER_CAMERA = 12_936, 6, 600
+MSMT_TRAIN, ICE_DIM = 32_621, 2048
 
 
 def planted_features(n: int, dim: int = 64, seed: int = 0):
@@ -150,7 +152,28 @@ def work_jaccard(method: str, n: int) -> dict:
     return {"seconds": seconds, "peak_bytes": peak, "head": out[:rows, :2000].numpy().tolist()}
 
 
-WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard}
+def dense_dbscan(features: torch.Tensor) -> np.ndarray:
+    """The reference ICE path: the dense N x N Jaccard matrix, then DBSCAN on it."""
+    from sklearn.cluster import DBSCAN
+
+    dist = rerank(features=features, k1=30, k2=6, lambda_value=0.0).numpy()
+    return DBSCAN(eps=0.55, min_samples=4, metric="precomputed", n_jobs=1).fit_predict(dist)
+
+
+def work_dbscan(method: str, n: int) -> dict:
+    import resource
+
+    feats = planted_features(n, dim=ICE_DIM)
+    if method == "dense":
+        labels, seconds, peak = measure(lambda: dense_dbscan(feats))
+    else:
+        labels, seconds, peak = measure(lambda: dbscan_jaccard(feats, eps=0.55, min_samples=4, k1=30, k2=6))
+    return {"seconds": seconds, "peak_bytes": peak, "labels": labels.tolist(),
+            "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard,
+           "dbscan": work_dbscan}
 
 
 def bench(kind: str, plans, reps: int, threads: int):
@@ -203,6 +226,25 @@ def jaccard_rows(args):
         summary("jaccard", method, size, rows, args.threads, **extra)
 
 
+def dbscan_rows(args):
+    """ICE clustering (eps 0.55, min samples 4, k1 30, k2 6) on 2048-d features: the sparse path at
+    MSMT17 and Market size, the dense path at Market size (same partition expected)."""
+    plans = [("dense", MARKET_TRAIN), ("sparse", MARKET_TRAIN), ("sparse", MSMT_TRAIN)]
+    runs = bench("dbscan", plans, args.reps, args.threads)
+    dense = runs[("dense", MARKET_TRAIN)]
+    for (method, n), rows in runs.items():
+        labels = np.array(rows[0]["labels"])
+        extra = {"dim": ICE_DIM, "clusters": int(labels.max()) + 1, "outliers": int((labels < 0).sum()),
+                 "process_peak_mb": max(r["process_peak_bytes"] for r in rows) / 2**20}
+        if n == MARKET_TRAIN:
+            extra["same_partition_as_dense"] = bool(np.array_equal(labels, np.array(dense[0]["labels"])))
+            extra["time_ratio_dense_over_this"] = float(np.median([r["seconds"] for r in dense])
+                                                        / np.median([r["seconds"] for r in rows]))
+            extra["memory_ratio_dense_over_this"] = float(np.median([r["peak_bytes"] for r in dense])
+                                                          / max(1.0, np.median([r["peak_bytes"] for r in rows])))
+        summary("dbscan", method, n, rows, args.threads, **extra)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="agglomerative,rerank,jaccard")
@@ -216,7 +258,8 @@ def main():
         kind, method, n = args.worker
         print(json.dumps(WORKERS[kind](method, int(n))))
         return
-    rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows}
+    rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows,
+            "dbscan": dbscan_rows}
     for kind in args.only.split(","):
         rows[kind](args)
 

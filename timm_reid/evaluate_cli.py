@@ -132,7 +132,7 @@ def _backbone_net(path):
 
 def _checkpoint_net(path):
     from timm_reid.train.checkpoint import load_checkpoint
-    from timm_reid.train.pipeline import build_net
+    from timm_reid.train.pipeline import build_net_from_args
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
@@ -146,9 +146,8 @@ def _checkpoint_net(path):
         raise ValueError(f"{path} is not a timm_reid.train checkpoint (no 'args'/'model' entries)")
     a = argparse.Namespace(**state["args"])
     num_cameras = state.get("num_cameras", getattr(a, "synthetic_cameras", None))
-    net = build_net(model=a.model, aibn=a.aibn, tnorm=a.tnorm, num_cameras=num_cameras, aibn_mix=a.aibn_mix,
-                    aibn_gate_init=a.aibn_gate_init, tnorm_mode=a.tnorm_mode, last_stride=a.last_stride,
-                    pretrained=False, checkpoint_path=None, device="cpu")
+    a.device = "cpu"
+    net = build_net_from_args(a, num_cameras, initial_weights=False)
     net.set_heads(state["head_sizes"])
     net.load_state_dict(state["model"])
     spec = {"input_size": (a.height, a.width), "num_cameras": num_cameras if a.tnorm else None,

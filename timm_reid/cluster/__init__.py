@@ -7,6 +7,7 @@ Everything accepts torch tensors or NumPy arrays and keeps memory to the output 
 
 from .agglomerative import agglomerative, drop_singleton_clusters, quantile_threshold
 from .camera import IntraCameraClusters, cluster_inter_camera, cluster_intra_camera
+from .dbscan import dbscan_jaccard, jaccard_graph
 from .cross_camera import cross_camera_distance, weighted_jaccard
 from .reranking import rerank, rerank_blocks
 
@@ -16,7 +17,9 @@ __all__ = [
     "cluster_inter_camera",
     "cluster_intra_camera",
     "cross_camera_distance",
+    "dbscan_jaccard",
     "drop_singleton_clusters",
+    "jaccard_graph",
     "quantile_threshold",
     "rerank",
     "rerank_blocks",

@@ -62,7 +62,14 @@ class _CosineSource:
         return torch.mm(self.features[start:stop], self.features.t()).neg_().add_(1.0)
 
     def entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return 1.0 - (self.features[rows] * self.features[cols]).sum(dim=1)
+        # Pairs in chunks: gathering all (rows, D) feature pairs at once costs nnz x D floats
+        # (27 GB for MSMT17-size 2048-d features); each pair's sum is unchanged by chunking.
+        out = torch.empty(rows.numel(), dtype=torch.float32, device=self.device)
+        step = max(1, (1 << 22) // max(1, self.features.shape[1]))
+        for start in range(0, rows.numel(), step):
+            r, c = rows[start:start + step], cols[start:start + step]
+            out[start:start + step] = 1.0 - (self.features[r] * self.features[c]).sum(dim=1)
+        return out
 
 
 def _blocks(n: int, chunk_size: int | None):

@@ -1,4 +1,4 @@
-"""The two stages of one round: clustering into pseudo labels, then training on them.
+"""IICS: the two stages of one round: clustering into pseudo labels, then training on them.
 
 Intra stage (IICS Sec. 3.1): per camera, cluster the camera's images; one classifier head per
 camera; each step takes one group of images from every camera and sums the cameras'
@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
 from timm_reid.data import CameraBatchSampler, ImageDataset, RandomIdentitySampler
-from timm_reid.evaluation import extract_features
 from timm_reid.train.diagnostics import cluster_quality, label_stats
+from timm_reid.train.features import center_per_camera, extract, l2_normalize  # noqa: F401 (re-exported)
 from timm_reid.train.losses import soft_cross_entropy, soft_triplet_loss, triplet_loss
 from timm_reid.train.model import build_optimizer
 
@@ -35,28 +35,6 @@ class TwoViews:
         return self.transform(img), self.transform(img)
 
 
-def extract(net, records, *, transform, batch_size, workers, normalize=True, camera_aggregate=False,
-            num_cameras=None, progress=False):
-    """Flip-averaged features of ``records`` as numpy arrays ``(features, pids, camids)``."""
-    loader = DataLoader(ImageDataset(records, transform), batch_size=batch_size, num_workers=workers)
-    feats, pids, camids = extract_features(net, loader, flip=True, normalize=normalize,
-                                           camera_aggregate=camera_aggregate, num_cameras=num_cameras,
-                                           progress=progress)
-    return feats.numpy(), pids.numpy(), camids.numpy()
-
-
-def l2_normalize(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def center_per_camera(features, camids):
-    """Subtract each camera's mean feature, then L2-normalise (camera-aware centring)."""
-    out = features.copy()
-    for c in np.unique(camids):
-        out[camids == c] -= out[camids == c].mean(0, keepdims=True)
-    return l2_normalize(out)
-
-
 @torch.no_grad()
 def head_scores(net, raw_features):
     """Concatenated softmax of all (per-camera) heads on the raw pooled features."""
@@ -68,17 +46,6 @@ def head_scores(net, raw_features):
     return scores.cpu().numpy()
 
 
-def clustering_features(net, train, *, transform, batch_size, workers, center, progress):
-    """Raw pooled features (for head scores) and the L2-normalised, optionally camera-centred
-    features that are clustered."""
-    raw, pids, camids = extract(net, train, transform=transform, batch_size=batch_size, workers=workers,
-                                normalize=False, progress=progress)
-    feats = l2_normalize(raw)
-    if center:
-        feats = center_per_camera(feats, camids)
-    return raw, feats, pids, camids
-
-
 def _clustering_target(n_clusters, threshold_quantile):
     if threshold_quantile is not None:
         return {"n_clusters": None, "threshold_quantile": threshold_quantile}
@@ -87,43 +54,44 @@ def _clustering_target(n_clusters, threshold_quantile):
 
 # ------------------------------------------------------------------------------------------------ intra
 
-def run_intra_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
-                    center, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
-                    epochs, batch_size, joint_forward, opt, lr, backbone_lr_mult, weight_decay, momentum,
-                    self_distill, convert_prob, seed, progress, head_init, head_temperature,
-                    desc="intra"):
-    """Cluster each camera, build per-camera heads, train ``epochs``; returns a record of the stage."""
+def _optimizer(net, optim, lr):
+    return build_optimizer(net, opt=optim.opt, lr=lr, backbone_lr_mult=optim.backbone_lr_mult,
+                           weight_decay=optim.weight_decay, momentum=optim.momentum)
+
+
+def run_intra_stage(net, train, *, ctx, opts, seed, desc="intra"):
+    """Cluster each camera, build per-camera heads, train ``opts.intra_epochs``; returns a record
+    of the stage. ``ctx``: the harness :class:`~timm_reid.train.context.Context`; ``opts``: the
+    :class:`~timm_reid.train.iics.Options`; ``seed``: the stage's seed (batch sampling)."""
     t0 = time.time()
-    raw, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
-                                                   workers=workers, center=center, progress=progress)
+    raw, feats, pids, camids = ctx.clustering_features(net, train)
     t1 = time.time()
-    result = cluster_intra_camera(feats, camids, k1=k1, k2=k2, lambda_value=lambda_value, rerank=rerank,
-                                  drop_singletons=drop_singletons,
-                                  **_clustering_target(n_clusters, threshold_quantile))
+    result = cluster_intra_camera(feats, camids, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
+                                  rerank=opts.rerank, drop_singletons=opts.drop_singletons,
+                                  **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
     labels = result.labels.numpy()
-    sizes = [result.counts.get(c, 0) for c in range(num_cameras)]
+    sizes = [result.counts.get(c, 0) for c in range(ctx.num_cameras)]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     net.set_heads(sizes)
-    if head_init == "centroid":
+    if opts.head_init == "centroid":
         for c, head in enumerate(net.heads):
             m = (camids == c) & (labels >= 0)
             if m.any():
-                head.init_from_centroids(raw[m], labels[m] - offsets[c], head_temperature)
+                head.init_from_centroids(raw[m], labels[m] - offsets[c], opts.head_temperature)
     record = {"intra_clusters": sizes, **intra_quality(labels, pids, camids)}
     t2 = time.time()
 
     keep = labels >= 0
     recs = [r._replace(pid=int(lab - offsets[r.camid])) for r, lab, k in zip(train, labels, keep) if k]
-    loader = intra_loader(recs, TwoViews(train_transform) if self_distill > 0 else train_transform,
-                          images_per_camera=batch_size, workers=workers, seed=seed)
-    optimizer = build_optimizer(net, opt=opt, lr=lr, backbone_lr_mult=backbone_lr_mult,
-                                weight_decay=weight_decay, momentum=momentum)
+    loader = intra_loader(recs, TwoViews(ctx.train_tf) if opts.self_distill > 0 else ctx.train_tf,
+                          images_per_camera=opts.intra_batch_size, workers=ctx.workers, seed=seed)
+    optimizer = _optimizer(net, ctx.optim, ctx.optim.lr)
     losses = []
-    for epoch in range(epochs):
+    for epoch in range(opts.intra_epochs):
         loader.batch_sampler.set_epoch(epoch)
-        losses.append(train_intra_epoch(net, loader, optimizer, joint_forward=joint_forward,
-                                        self_distill=self_distill, convert_prob=convert_prob, progress=progress,
-                                        desc=f"{desc} epoch {epoch + 1}/{epochs}"))
+        losses.append(train_intra_epoch(net, loader, optimizer, joint_forward=opts.intra_joint_forward,
+                                        self_distill=opts.self_distill, convert_prob=opts.convert_prob,
+                                        progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.intra_epochs}"))
     record["intra_loss"] = float(np.mean(losses)) if losses else None
     record["intra_seconds"] = {"features": round(t1 - t0, 1), "cluster": round(t2 - t1, 1),
                                "train": round(time.time() - t2, 1)}
@@ -195,52 +163,48 @@ def _forward_by_camera(net, images, camids, joint, convert=False):
 
 # ------------------------------------------------------------------------------------------------ inter
 
-def run_inter_stage(net, train, *, num_cameras, test_transform, train_transform, test_batch_size, workers,
-                    center, mu, n_clusters, threshold_quantile, drop_singletons, k1, k2, lambda_value, rerank,
-                    epochs, batch_size, num_instances, opt, lr, backbone_lr_mult, weight_decay, momentum,
-                    margin, triplet_weight, self_distill, convert_prob, seed, progress, head_init,
-                    head_temperature, desc="inter"):
-    """Cluster all images across cameras, build one head, train ``epochs``; returns a stage record.
+def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"):
+    """Cluster all images across cameras, build one head, train ``opts.inter_epochs``; returns a
+    stage record. ``mu``: this round's Jaccard weight; ``n_clusters``: the cluster count.
 
     The Jaccard term needs the per-camera heads of an intra stage just run; without them (e.g.
     ``--stages inter``) it is off and ``inter_mu`` is recorded as 0.
     """
     t0 = time.time()
-    raw, feats, pids, camids = clustering_features(net, train, transform=test_transform, batch_size=test_batch_size,
-                                                   workers=workers, center=center, progress=progress)
+    raw, feats, pids, camids = ctx.clustering_features(net, train)
     t1 = time.time()
-    use_jaccard = mu > 0 and len(net.heads) == num_cameras and num_cameras > 1
+    use_jaccard = mu > 0 and len(net.heads) == ctx.num_cameras and ctx.num_cameras > 1
     scores = head_scores(net, raw) if use_jaccard else np.zeros((len(raw), 1), np.float32)
-    labels = cluster_inter_camera(feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=k1, k2=k2,
-                                  lambda_value=lambda_value, rerank=rerank, drop_singletons=drop_singletons,
-                                  **_clustering_target(n_clusters, threshold_quantile)).numpy()
+    labels = cluster_inter_camera(feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=ctx.k1, k2=ctx.k2,
+                                  lambda_value=ctx.lambda_value, rerank=opts.rerank,
+                                  drop_singletons=opts.drop_singletons,
+                                  **_clustering_target(n_clusters, opts.inter_threshold_quantile)).numpy()
     record = {"inter_mu": mu if use_jaccard else 0.0,
               **{f"inter_{k}": v for k, v in label_stats(labels, camids).items()},
               **{f"inter_{k}": v for k, v in cluster_quality(pids, labels).items()}}
     num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    if num_classes * num_instances < batch_size:
+    if num_classes * ctx.num_instances < ctx.batch_size:
         raise RuntimeError(f"inter-camera clustering gave {num_classes} clusters, too few for batches of "
-                           f"{batch_size // num_instances} identities; lower --inter-threshold-quantile, raise "
-                           "--inter-clusters or lower --batch-size")
+                           f"{ctx.batch_size // ctx.num_instances} identities; lower --inter-threshold-quantile, "
+                           "raise --inter-clusters or lower --batch-size")
     net.set_heads([num_classes])
-    if head_init == "centroid":
-        net.heads[0].init_from_centroids(raw[labels >= 0], labels[labels >= 0], head_temperature)
+    if opts.head_init == "centroid":
+        net.heads[0].init_from_centroids(raw[labels >= 0], labels[labels >= 0], opts.head_temperature)
     t2 = time.time()
 
     recs = [r._replace(pid=int(lab)) for r, lab in zip(train, labels) if lab >= 0]
-    sampler = RandomIdentitySampler([r.pid for r in recs], num_instances=num_instances, batch_size=batch_size,
-                                    seed=seed)
-    transform = TwoViews(train_transform) if self_distill > 0 else train_transform
-    loader = DataLoader(ImageDataset(recs, transform), batch_size=batch_size, sampler=sampler,
-                        num_workers=workers, drop_last=True)
-    optimizer = build_optimizer(net, opt=opt, lr=lr, backbone_lr_mult=backbone_lr_mult,
-                                weight_decay=weight_decay, momentum=momentum)
+    sampler = RandomIdentitySampler([r.pid for r in recs], num_instances=ctx.num_instances,
+                                    batch_size=ctx.batch_size, seed=seed)
+    transform = TwoViews(ctx.train_tf) if opts.self_distill > 0 else ctx.train_tf
+    loader = DataLoader(ImageDataset(recs, transform), batch_size=ctx.batch_size, sampler=sampler,
+                        num_workers=ctx.workers, drop_last=True)
+    optimizer = _optimizer(net, ctx.optim, ctx.optim.lr * opts.inter_lr_scale)
     ce, tri = [], []
-    for epoch in range(epochs):
+    for epoch in range(opts.inter_epochs):
         sampler.set_epoch(epoch)
-        c, t = train_inter_epoch(net, loader, optimizer, margin=margin, triplet_weight=triplet_weight,
-                                 self_distill=self_distill, convert_prob=convert_prob, progress=progress,
-                                 desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        c, t = train_inter_epoch(net, loader, optimizer, margin=opts.margin, triplet_weight=opts.triplet_weight,
+                                 self_distill=opts.self_distill, convert_prob=opts.convert_prob,
+                                 progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.inter_epochs}")
         ce.append(c)
         tri.append(t)
     record["inter_ce_loss"] = float(np.mean(ce)) if ce else None

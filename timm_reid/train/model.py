@@ -90,6 +90,8 @@ def build_optimizer(net, *, opt, lr, backbone_lr_mult, weight_decay, momentum):
     groups = param_groups(net, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay)
     if opt == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if opt == "adam":  # L2 weight decay added to the gradient (ICE reference)
+        return torch.optim.Adam(groups, lr=lr)
     if opt == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"Invalid optimizer {opt!r}. Only 'sgd' and 'adamw' are supported.")
+    raise ValueError(f"Invalid optimizer {opt!r}. Only 'sgd', 'adam' and 'adamw' are supported.")

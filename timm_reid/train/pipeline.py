@@ -1,13 +1,16 @@
-"""Reference pipeline: rounds of the intra-camera and inter-camera stages, with evaluation.
+"""The training harness shared by every method: run directory, logging, data, transforms, model
+building, the checkpointed loop over a method's steps, evaluation, outputs and the command line.
 
 Read top to bottom: :func:`main` sets up the run directory, data and model, evaluates the
-untrained model, runs the rounds (checkpointing after every stage), evaluates the final model,
-writes ``final_metrics.json`` and the plots, and prints a summary table.
+untrained model, lets the method (:mod:`timm_reid.train.methods`) run its steps (checkpointing
+after every step), evaluates the final model, writes ``final_metrics.json``, the portable
+``backbone.safetensors`` and the plots, and prints a summary table.
 
 The final model is the one reported; test-set metrics are computed for the curves only and never
 select a checkpoint.
 """
 
+import inspect
 import logging
 import os
 import sys
@@ -16,14 +19,20 @@ import time
 import numpy as np
 import torch
 
-from timm_reid.train import engine
-from timm_reid.train.checkpoint import (atomic_save, load_checkpoint, seed_everything, stage_seed, write_json,
-                                        write_jsonl)
-from timm_reid.train.config import check_args, parse_args, save_config
+from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
+from timm_reid.train.config import PROG, check_args, model_option_names, parse_args, save_config
+from timm_reid.train.context import Context, OptimOptions
 from timm_reid.train.diagnostics import same_camera_top1
+from timm_reid.train.errors import CheckpointError, ConfigError
+from timm_reid.train.features import extract
+from timm_reid.train.methods import get_method
 from timm_reid.train.model import ReIDNet
 
 log = logging.getLogger("timm_reid.train")
+
+# Files a run writes into its directory (``--overwrite`` replaces exactly these).
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "last.pth", "interrupted.pth", "final.pth",
+             "final_metrics.json", "backbone.safetensors", "curves.png", "cmc.png", "embedding.png")
 
 
 def main(args):
@@ -40,8 +49,8 @@ def main(args):
 
 
 def resume_state(args):
-    """With ``--resume RUN_DIR``: the stored options (threads/workers/progress from the command line)
-    and the last checkpoint; otherwise ``(args, None)``."""
+    """With ``--resume RUN_DIR``: the stored options (threads/workers/progress/device from the command
+    line) and the last checkpoint; otherwise ``(args, None)``."""
     if args.resume is None:
         return args, None
     path = os.path.join(args.resume, "last.pth")
@@ -56,11 +65,20 @@ def resume_state(args):
 
 
 def prepare_run_dir(args, *, resuming):
+    """Create the run directory; refuse one that holds files unless resuming or ``--overwrite``."""
     if args.output is None:
         args.output = os.path.join("runs", f"{args.preset}-seed{args.seed}")
-    if not resuming and os.path.isfile(os.path.join(args.output, "last.pth")):
-        raise FileExistsError(f"{args.output} already holds a run; continue it with --resume {args.output} "
-                              "or choose another --output")
+    present = sorted(os.listdir(args.output)) if os.path.isdir(args.output) else []
+    if not resuming and present:
+        if not getattr(args, "overwrite", False):
+            shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+            hint = f"continue it with --resume {args.output}, " if "last.pth" in present else ""
+            raise FileExistsError(f"--output {args.output} already holds files ({shown}); {hint}choose a new or "
+                                  "empty --output, or pass --overwrite to replace the run files there "
+                                  "(see --resume to continue a run)")
+        for name in RUN_FILES:
+            if name in present:
+                os.remove(os.path.join(args.output, name))
     os.makedirs(args.output, exist_ok=True)
     if not resuming:
         save_config(args, os.path.join(args.output, "config.yaml"))
@@ -83,71 +101,69 @@ def _run(args, state, run_dir):
     start = time.time()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     seed_everything(args.seed)
-    dataset = load_data(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
-                        num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
-                        num_cameras=args.synthetic_cameras,
-                        style_strength=args.style_strength, height=args.height, width=args.width)
-    log.info(dataset.summary() if hasattr(dataset, "summary") else f"dataset {args.dataset}")
-    num_cameras = dataset.num_cameras
-    train_tf, test_tf = build_transforms(args.height, args.width, pad=args.pad, random_erasing=args.random_erasing)
-    net = build_net(model=args.model, aibn=args.aibn, tnorm=args.tnorm, num_cameras=num_cameras,
-                    aibn_mix=args.aibn_mix, aibn_gate_init=args.aibn_gate_init, tnorm_mode=args.tnorm_mode,
-                    aibn_entry=args.aibn_entry, last_stride=args.last_stride, pretrained=args.pretrained and state is None,
-                    checkpoint_path=args.checkpoint_path if state is None else None, device=args.device)
-    eval_kw = dict(transform=test_tf, batch_size=args.test_batch_size, workers=args.workers,
-                   camera_aggregate=args.camera_aggregate, num_cameras=num_cameras)
+    method = get_method(args.method)
+    ctx = build_context(args, run_dir, fresh=state is None)
+    log.info(ctx.dataset.summary())
+    method.check_data(args, ctx.dataset)
+    trainer = method.Trainer(ctx, args)
+    eval_kw = dict(transform=ctx.test_tf, batch_size=args.test_batch_size, workers=args.workers,
+                   camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras)
 
     if state is None:
-        log.info(f"run directory {run_dir}; evaluating the initial model")
-        history, pending, position = [], {}, (0, 0)
-        initial = evaluate_splits(net, dataset, **eval_kw)
+        log.info(f"run directory {run_dir}; method {args.method}; evaluating the initial model")
+        history, pending, position, elapsed = [], {}, trainer.start(), 0.0
+        initial = evaluate_splits(trainer.net, ctx.dataset, **eval_kw)
         log.info(f"initial: {format_metrics(initial['test'])}")
-        elapsed = 0.0
     else:
-        net.set_heads(state["head_sizes"])
-        net.load_state_dict(state["model"])
+        trainer.load_state_dict(state)
         history, pending, initial = state["history"], state["pending"], state["initial"]
         position, elapsed = tuple(state["next"]), state["elapsed"]
-        log.info(f"resumed {run_dir} at round {position[0] + 1}, stage {args.stages[position[1]]}")
+        log.info(f"resumed {run_dir} at {trainer.describe(position)}")
 
     def checkpoint(next_position, path="last.pth"):
-        atomic_save({"args": vars(args), "model": net.state_dict(), "head_sizes": net.head_sizes(),
-                     "history": history, "pending": pending, "initial": initial, "next": list(next_position),
+        atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(), "history": history,
+                     "pending": pending, "initial": initial, "next": list(next_position),
                      "elapsed": elapsed + time.time() - start}, os.path.join(run_dir, path))
 
     try:
-        r, s = position
-        while r < args.rounds:
-            stage = args.stages[s]
-            seed_everything(stage_seed(args.seed, r, stage))
-            pending.update(run_stage(stage, net, dataset, args=args, round_index=r, num_cameras=num_cameras,
-                                     train_tf=train_tf, test_tf=test_tf))
-            s += 1
-            if s == len(args.stages):
-                record = {"round": r + 1, **pending}
-                if args.eval_every and (r + 1) % args.eval_every == 0 and r + 1 < args.rounds:
-                    record.update(evaluate_splits(net, dataset, **eval_kw))
-                log.info(f"round {r + 1}/{args.rounds}: {format_record(record)}")
+        while not trainer.done(position):
+            seed_everything(trainer.step_seed(position))
+            fragment, position, finished = trainer.step(position)
+            pending.update(fragment)
+            if finished is not None:
+                record = {"round": finished, **pending}
+                if args.eval_every and finished % args.eval_every == 0 and finished < trainer.num_rounds:
+                    record.update(evaluate_splits(trainer.net, ctx.dataset, **eval_kw))
+                log.info(f"round {finished}/{trainer.num_rounds}: {format_record(record)}")
                 history.append(record)
                 write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
-                pending, r, s = {}, r + 1, 0
-            checkpoint((r, s))
+                pending = {}
+            checkpoint(position)
     except KeyboardInterrupt:
-        checkpoint((r, s), path="interrupted.pth")
+        checkpoint(position, path="interrupted.pth")
         log.info(f"interrupted: weights saved to {run_dir}/interrupted.pth; continue with --resume {run_dir} "
-                 "(restarts the interrupted stage from last.pth)")
+                 "(restarts the interrupted step from last.pth)")
         raise
+    return finish(args, run_dir, trainer, ctx, history=history, initial=initial,
+                  wall=elapsed + time.time() - start, eval_kw=eval_kw)
 
-    final = evaluate_splits(net, dataset, **eval_kw, keep_features=not args.no_plots)
+
+def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
+    """Final evaluation and the run's outputs: final.pth, backbone.safetensors, final_metrics.json, plots."""
+    from timm_reid.backbone import BACKBONE_FILE, save_backbone
+
+    final = evaluate_splits(trainer.net, ctx.dataset, **eval_kw, keep_features=not args.no_plots)
     features = final.pop("_features", None)
     if history:
         history[-1].update({k: v for k, v in final.items()})
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
-    atomic_save({"args": vars(args), "model": net.state_dict(), "head_sizes": net.head_sizes(),
-                 "num_cameras": num_cameras}, os.path.join(run_dir, "final.pth"))
-    wall = elapsed + time.time() - start
-    result = {"initial": summary(initial), "final": summary(final), "rounds": args.rounds,
-              "oracle_clusters": bool(args.oracle_clusters), "wall_time_s": round(wall, 1)}
+    atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
+                 "num_cameras": ctx.num_cameras}, os.path.join(run_dir, "final.pth"))
+    save_backbone(trainer.net.backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
+                  input_size=(args.height, args.width),
+                  extra={"method": args.method, "seed": args.seed, "dataset": args.dataset or "synthetic"})
+    result = {"initial": summary(initial), "final": summary(final), "method": args.method,
+              "rounds": trainer.num_rounds, **trainer.summary(), "wall_time_s": round(wall, 1)}
     write_json(result, os.path.join(run_dir, "final_metrics.json"))
     if not args.no_plots:
         write_plots(run_dir, history=history, initial=initial, final=final, features=features)
@@ -156,6 +172,27 @@ def _run(args, state, run_dir):
 
 
 # ------------------------------------------------------------------------------------------------ setup
+
+def build_context(args, run_dir, *, fresh):
+    """Data, transforms and the network factory of a run (initial weights only for a fresh run:
+    a resumed one loads its checkpoint over them)."""
+    dataset = load_data(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
+                        num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
+                        num_cameras=args.synthetic_cameras,
+                        style_strength=args.style_strength, height=args.height, width=args.width)
+    train_tf, test_tf = build_transforms(args.height, args.width, pad=args.pad, random_erasing=args.random_erasing)
+    optim = OptimOptions(opt=args.opt, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+                         weight_decay=args.weight_decay, momentum=args.momentum)
+
+    def make_net():
+        return build_net_from_args(args, dataset.num_cameras, initial_weights=fresh)
+
+    return Context(dataset=dataset, num_cameras=dataset.num_cameras, train_tf=train_tf, test_tf=test_tf,
+                   device=args.device, workers=args.workers, test_batch_size=args.test_batch_size,
+                   progress=not args.no_progress, seed=args.seed, center=args.center_features, k1=args.k1,
+                   k2=args.k2, lambda_value=args.lambda_value, batch_size=args.batch_size,
+                   num_instances=args.num_instances, optim=optim, make_net=make_net)
+
 
 def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identities, num_cameras, style_strength,
               height, width):
@@ -169,7 +206,7 @@ def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identiti
                              num_cameras=num_cameras,
                              style_strength=style_strength, image_size=(height, width))
     if root is None:
-        raise ValueError(f"--dataset {dataset} needs --root DIR, the folder that holds the dataset")
+        raise ConfigError(f"--dataset {dataset} needs --root DIR, the folder that holds the dataset")
     return build_dataset(dataset, root)
 
 
@@ -181,46 +218,33 @@ def build_transforms(height, width, *, pad=10, random_erasing=0.5):
             _build(height, width, train=False))
 
 
-def build_net(*, model, aibn, tnorm, num_cameras, aibn_mix, aibn_gate_init, tnorm_mode, last_stride, pretrained,
-              checkpoint_path, device, aibn_entry="replace"):
-    """A timm backbone with pooled output (``num_classes=0``), patched with AIBN/TNorm if asked."""
+def patch_kwargs(args, num_cameras):
+    """The ``timm_reid.patch`` keywords of the run's model options: every patch keyword ``KEY`` is
+    taken from the model option ``aibn_KEY``, ``tnorm_KEY`` or ``KEY``, whichever exists, so a new
+    patch option needs only its flag (e.g. ``--aibn-entry`` -> ``entry=``)."""
+    from timm_reid.surgery import patch
+
+    available = model_option_names() & set(vars(args))
+    out = {}
+    for name in list(inspect.signature(patch).parameters)[1:]:  # after the model itself
+        for dest in (f"aibn_{name}", f"tnorm_{name}", name):
+            if dest in available:
+                value = getattr(args, dest)
+                out[name] = tuple(value) if isinstance(value, list) else value
+                break
+    out["num_cameras"] = num_cameras if out.get("tnorm") else None
+    return out
+
+
+def build_net_from_args(args, num_cameras, *, initial_weights=True):
+    """A fresh :class:`ReIDNet` of the run's model options (``--pretrained`` / ``--checkpoint-path``
+    weights loaded when ``initial_weights``)."""
     from timm_reid.factory import create_model
 
-    backbone = create_model(model, aibn=tuple(aibn), tnorm=tuple(tnorm), num_cameras=num_cameras if tnorm else None,
-                            mix=aibn_mix, gate_init=aibn_gate_init, tnorm_mode=tnorm_mode, last_stride=last_stride,
-                            entry=aibn_entry, pretrained=pretrained, checkpoint_path=checkpoint_path, num_classes=0)
-    return ReIDNet(backbone).to(device)
-
-
-# ------------------------------------------------------------------------------------------------ stages
-
-def mu_at(round_index, *, mu0, rounds, power):
-    """Jaccard weight of round r (0-based): ``mu_0 (1 - r / R) ** power`` (IICS Eq. 5 schedule)."""
-    return mu0 * (1.0 - round_index / rounds) ** power
-
-
-def run_stage(stage, net, dataset, *, args, round_index, num_cameras, train_tf, test_tf):
-    common = dict(num_cameras=num_cameras, test_transform=test_tf, train_transform=train_tf,
-                  test_batch_size=args.test_batch_size, workers=args.workers, center=args.center_features,
-                  drop_singletons=args.drop_singletons, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value,
-                  rerank=args.rerank, opt=args.opt, backbone_lr_mult=args.backbone_lr_mult,
-                  weight_decay=args.weight_decay, momentum=args.momentum, self_distill=args.self_distill,
-                  convert_prob=args.convert_prob, seed=stage_seed(args.seed, round_index, stage),
-                  progress=not args.no_progress, head_init=args.head_init,
-                  head_temperature=args.head_temperature)
-    tag = f"round {round_index + 1}/{args.rounds} {stage}"
-    if stage == "intra":
-        return engine.run_intra_stage(net, dataset.train, n_clusters=args.intra_clusters,
-                                      threshold_quantile=args.intra_threshold_quantile, epochs=args.intra_epochs,
-                                      batch_size=args.intra_batch_size, joint_forward=args.intra_joint_forward,
-                                      lr=args.lr, desc=tag, **common)
-    n_clusters = dataset.num_train_pids if args.oracle_clusters else args.inter_clusters
-    return engine.run_inter_stage(net, dataset.train, mu=mu_at(round_index, mu0=args.mu0, rounds=args.rounds,
-                                                              power=args.mu_power),
-                                  n_clusters=n_clusters, threshold_quantile=args.inter_threshold_quantile, epochs=args.inter_epochs,
-                                  batch_size=args.batch_size, num_instances=args.num_instances,
-                                  lr=args.lr * args.inter_lr_scale, margin=args.margin,
-                                  triplet_weight=args.triplet_weight, desc=tag, **common)
+    backbone = create_model(args.model, **patch_kwargs(args, num_cameras),
+                            pretrained=args.pretrained and initial_weights,
+                            checkpoint_path=args.checkpoint_path if initial_weights else None, num_classes=0)
+    return ReIDNet(backbone).to(args.device)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -244,7 +268,7 @@ def evaluate_records(net, query, gallery, *, transform, batch_size, workers, cam
     from timm_reid.evaluation import evaluate
 
     records = list(query) + ([] if gallery is query else list(gallery))
-    feats, pids, camids = engine.extract(net, records, transform=transform, batch_size=batch_size,
+    feats, pids, camids = extract(net, records, transform=transform, batch_size=batch_size,
                                          workers=workers, normalize=True, camera_aggregate=camera_aggregate,
                                          num_cameras=num_cameras)
     nq = len(query)
@@ -319,9 +343,15 @@ def write_plots(run_dir, *, history, initial, final, features):
         plots.plot_embedding(*features, os.path.join(run_dir, "embedding.png"))
 
 
+USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError)
+
+
 def cli(argv=None):
-    args = parse_args(argv)
+    """``python -m timm_reid.train``: configuration errors print one paragraph and exit with status 2."""
     try:
-        main(args)
+        main(parse_args(argv))
+    except USER_ERRORS as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
