@@ -117,4 +117,40 @@ def _build_supervised(args, run_dir):
     return task, finish
 
 
-_BUILDERS = {"supervised": _build_supervised}
+def load_video_data(args, run_dir):
+    """``--data DIR`` (the video-crop layout), or synthetic street video generated once into
+    ``RUN/video-data``."""
+    from timm_reid.data.video import load_or_generate_video, load_video_crops
+
+    if args.data is not None:
+        return load_video_crops(args.data)
+    return load_or_generate_video(os.path.join(run_dir, "video-data"), seed=args.video_seed,
+                                  num_videos=args.num_videos, num_frames=args.num_frames,
+                                  image_size=(args.height, args.width))
+
+
+def _build_video(args, run_dir, pair_hook=None):
+    from timm_reid.pretrain.video_tasks import ISRTask, MoCoTask, video_transform
+
+    crops = load_video_data(args, run_dir)
+    if not args.no_progress:
+        print(crops.summary())
+    backbone = build_backbone(args, len(crops.videos))  # TNorm, if asked: one camera per video
+    data = dict(frames_per_video=args.frames_per_video, delta_max=args.delta_max, batch_size=args.batch_size,
+                visits=args.visits_per_epoch, seed=args.seed, workers=args.workers, device=args.device)
+    if args.method == "isr":
+        task = ISRTask(backbone, crops, gamma=args.gamma, tau=args.tau, queue_weight=args.queue_weight,
+                       queue_size=args.queue_size, hard_negatives=args.hard_negatives, pair_hook=pair_hook,
+                       transform=video_transform(args.height, args.width, color_jitter=args.color_jitter), **data)
+    else:
+        task = MoCoTask(backbone, crops, tau=args.tau, queue_size=args.queue_size, momentum=args.momentum,
+                        transform=video_transform(args.height, args.width, color_jitter=args.color_jitter,
+                                                  pad=args.pad), **data)
+
+    def finish(model):
+        return {"videos": len(crops.videos), "crops": len(crops.crops)}
+
+    return task, finish
+
+
+_BUILDERS = {"supervised": _build_supervised, "isr": _build_video, "moco": _build_video}
