@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match_frames", "reliability_loss", "FeatureQueue", "queue_loss"]
+__all__ = ["match_frames", "max_weight_matching", "reliability_loss", "FeatureQueue", "queue_loss"]
 
 
 def match_frames(x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -27,10 +27,20 @@ def match_frames(x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     ``min(len(x), len(y))`` pairs is largest. ``x``, ``y``: (m, d), (n, d) features (any norm)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"match_frames needs (m, d) and (n, d) features, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if len(x) == 0 or len(y) == 0:
+    sim = F.normalize(x.detach().float(), dim=1) @ F.normalize(y.detach().float(), dim=1).t()
+    return max_weight_matching(sim.cpu().numpy())
+
+
+def max_weight_matching(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a maximum-weight matching of ``min(m, n)`` pairs of an (m, n) matrix."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2:
+        raise ValueError(f"weights must be an (m, n) matrix, got shape {weights.shape}")
+    if weights.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    sim = (F.normalize(x.detach().float(), dim=1) @ F.normalize(y.detach().float(), dim=1).t()).cpu().numpy()
-    rows, cols = linear_sum_assignment(sim.astype(np.float64), maximize=True)
+    if not np.isfinite(weights).all():
+        raise ValueError("weights hold NaN or infinite values; the features are not finite")
+    rows, cols = linear_sum_assignment(weights, maximize=True)
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
