@@ -117,3 +117,16 @@ def test_cli_writes_and_refuses(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "v")])
     assert exc.value.code == 2
+
+
+def test_default_counts_match_the_docstring():
+    # Planning only (no drawing): the same tracks and detections generate_video writes.
+    from timm_reid.data.video import _frames, _plan_tracks
+
+    config = VideoConfig()
+    crops, tracks = 0, set()
+    for v in range(config.num_videos):
+        for people in _frames(config, _plan_tracks(config, v)):
+            crops += len(people)
+            tracks |= {p.track for p in people}
+    assert (config.num_videos, config.num_frames, crops, len(tracks)) == (48, 40, 6351, 479)

@@ -76,7 +76,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, metavar="DIR",
                    help="video-crop folder (videos/<video>/<frame>_<det>.jpg); None: synthetic street video in RUN/video-data")
     g.add_argument("--video-seed", default=202, type=int, help="synthetic street video: generator seed")
-    g.add_argument("--num-videos", default=12, type=int, help="synthetic street video: videos")
+    g.add_argument("--num-videos", default=48, type=int, help="synthetic street video: videos")
     g.add_argument("--num-frames", default=40, type=int, help="synthetic street video: frames per video")
     g.add_argument("--delta-max", default=4, type=int, help="ISR: largest frame interval of a pair")
     g.add_argument("--frames-per-video", default=3, type=int,
