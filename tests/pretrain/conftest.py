@@ -11,3 +11,16 @@ TINY_MODEL = ["--model", "test_convnext", "--height", "64", "--width", "32", "--
 def source_root(tmp_path_factory):
     """Folder for the synthetic source world; the first run generates it, the others reuse it."""
     return tmp_path_factory.mktemp("source") / "world"
+
+
+@pytest.fixture(scope="session")
+def tiny_video_root(tmp_path_factory):
+    """Three short synthetic videos at 64x32, with their tracks.csv moved away (training must
+    not need it); returns (crop folder, path of the moved track file)."""
+    from timm_reid.data.video import TRACKS_FILE, generate_video
+
+    root = tmp_path_factory.mktemp("video") / "crops"
+    generate_video(root, num_videos=3, num_frames=6, people_per_frame=3.0, track_length=(3, 6))
+    hidden = root.parent / "hidden-tracks.csv"
+    (root / TRACKS_FILE).rename(hidden)
+    return root, hidden

@@ -344,10 +344,17 @@ class _Painter:
         hp = self.h * scene.scale * ident.height * rng.uniform(0.94, 1.04)
         foot = self.h * (0.98 + scene.y_offset) + rng.uniform(-0.02, 0.02) * self.h
         cx = self.w / 2 + rng.uniform(-0.07, 0.07) * self.w
+        self.person_at(ident, view, cx=cx, foot=foot, hp=hp, pose=rng.uniform(-1, 1, size=3))
+
+    def person_at(self, ident: _Identity, view: str, *, cx: float, foot: float, hp: float,
+                  pose: Sequence[float]):
+        """Draw ``ident`` with its centre line at ``cx``, soles at ``foot``, height ``hp``
+        (canvas pixels) and ``pose = (arm swing, other arm, stride)``, each in [-1, 1]
+        (``timm_reid.data.video`` animates them frame by frame)."""
         k = ident.width * (0.62 if view == "side" else 1.0)
         body = _Body(ident, view, cx, foot, hp, sw=0.13 * k * hp, hw=0.11 * k * hp,
                      limb_w=0.075 * ident.width * hp)
-        arm_swing, other_arm, stride = rng.uniform(-1, 1, size=3)
+        arm_swing, other_arm, stride = pose
         if ident.bag == "backpack" and view == "side":
             self.draw.rectangle([cx - body.sw - 0.1 * hp, body.y(0.21), cx - body.sw + 0.02 * hp,
                                  body.y(0.45)], fill=ident.bag_colour)

@@ -76,7 +76,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, metavar="DIR",
                    help="video-crop folder (videos/<video>/<frame>_<det>.jpg); None: synthetic street video in RUN/video-data")
     g.add_argument("--video-seed", default=202, type=int, help="synthetic street video: generator seed")
-    g.add_argument("--num-videos", default=12, type=int, help="synthetic street video: videos")
+    g.add_argument("--num-videos", default=48, type=int, help="synthetic street video: videos")
     g.add_argument("--num-frames", default=40, type=int, help="synthetic street video: frames per video")
     g.add_argument("--delta-max", default=4, type=int, help="ISR: largest frame interval of a pair")
     g.add_argument("--frames-per-video", default=3, type=int,
@@ -88,6 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--queue-size", default=1024, type=int, help="isr/moco: memory queue length (features)")
     g.add_argument("--hard-negatives", default=50, type=int,
                    help="ISR: k hardest (most similar) other-video queue features per crop")
+    g.add_argument("--color-jitter", default=0.2, type=float,
+                   help="isr/moco augmentation: brightness, contrast and saturation jitter (with flip; "
+                        "moco also pads by --pad and crops)")
     g.add_argument("--momentum", default=0.99, type=float, help="MoCo: key-encoder EMA momentum")
     return parser
 
@@ -118,6 +121,8 @@ def check_args(args: argparse.Namespace) -> None:
                         f"{args.num_instances} (batch = P identities x K images)")
     if args.frames_per_video < 2:
         problems.append(f"--frames-per-video {args.frames_per_video} must be >= 2 (frames are paired)")
+    if args.color_jitter < 0 or args.pad < 0:
+        problems.append("--color-jitter and --pad must be >= 0")
     if args.gamma < 0 or args.tau <= 0 or args.queue_weight < 0:
         problems.append("--gamma and --queue-weight must be >= 0, --tau > 0")
     if not 0 <= args.momentum < 1:

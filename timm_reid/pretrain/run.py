@@ -22,11 +22,13 @@ __all__ = ["main", "pretrain", "build_backbone"]
 _RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device")
 
 
-def pretrain(method: str, *, output: str, **options) -> dict:
+def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
     """Python entry point: ``pretrain("isr", output="runs/isr", epochs=2, num_videos=4)``.
 
     ``options`` are the command-line options with ``_`` for ``-`` (see ``python -m
     timm_reid.pretrain --help``); returns the final metrics (also ``RUN/final_metrics.json``).
+    ``pair_hook(epoch, pairs, reliabilities)`` (ISR only) receives every epoch's matched pairs
+    as crop indices, e.g. to measure their precision against known tracks.
     """
     args = get_args_parser().parse_args(["--method", method, "--output", os.fspath(output)])
     unknown = sorted(set(options) - set(vars(args)))
@@ -34,7 +36,7 @@ def pretrain(method: str, *, output: str, **options) -> dict:
         raise ValueError(f"unknown pretraining option(s) {unknown}; valid: {', '.join(sorted(vars(args)))}")
     for key, value in options.items():
         setattr(args, key, value)
-    return main(args)
+    return main(args, pair_hook=pair_hook)
 
 
 def build_backbone(args: argparse.Namespace, num_cameras: int | None):
@@ -61,7 +63,7 @@ def _resume(args):
     return stored, state
 
 
-def main(args: argparse.Namespace) -> dict:
+def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
     """Run (or resume) one pretraining; returns the final metrics."""
     from timm_reid.backbone import BACKBONE_FILE, save_backbone
 
@@ -74,7 +76,7 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     start = time.perf_counter()
     seed_all(args.seed)  # the initial weights; each epoch reseeds itself
-    task, finish = _BUILDERS[args.method](args, run_dir)
+    task, finish = _BUILDERS[args.method](args, run_dir, pair_hook)
     history = fit(task, run_dir=run_dir, args_dict=args_dict, epochs=args.epochs, lr=args.lr,
                   weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed,
                   state=state, progress=not args.no_progress)
@@ -91,7 +93,7 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
-def _build_supervised(args, run_dir):
+def _build_supervised(args, run_dir, pair_hook=None):
     from timm_reid.data import build_transforms
     from timm_reid.pretrain.supervised import SupervisedTask, load_source
     from timm_reid.pretrain.zero_shot import zero_shot
@@ -117,4 +119,40 @@ def _build_supervised(args, run_dir):
     return task, finish
 
 
-_BUILDERS = {"supervised": _build_supervised}
+def load_video_data(args, run_dir):
+    """``--data DIR`` (the video-crop layout), or synthetic street video generated once into
+    ``RUN/video-data``."""
+    from timm_reid.data.video import load_or_generate_video, load_video_crops
+
+    if args.data is not None:
+        return load_video_crops(args.data)
+    return load_or_generate_video(os.path.join(run_dir, "video-data"), seed=args.video_seed,
+                                  num_videos=args.num_videos, num_frames=args.num_frames,
+                                  image_size=(args.height, args.width))
+
+
+def _build_video(args, run_dir, pair_hook=None):
+    from timm_reid.pretrain.video_tasks import ISRTask, MoCoTask, video_transform
+
+    crops = load_video_data(args, run_dir)
+    if not args.no_progress:
+        print(crops.summary())
+    backbone = build_backbone(args, len(crops.videos))  # TNorm, if asked: one camera per video
+    data = dict(frames_per_video=args.frames_per_video, delta_max=args.delta_max, batch_size=args.batch_size,
+                visits=args.visits_per_epoch, seed=args.seed, workers=args.workers, device=args.device)
+    if args.method == "isr":
+        task = ISRTask(backbone, crops, gamma=args.gamma, tau=args.tau, queue_weight=args.queue_weight,
+                       queue_size=args.queue_size, hard_negatives=args.hard_negatives, pair_hook=pair_hook,
+                       transform=video_transform(args.height, args.width, color_jitter=args.color_jitter), **data)
+    else:
+        task = MoCoTask(backbone, crops, tau=args.tau, queue_size=args.queue_size, momentum=args.momentum,
+                        transform=video_transform(args.height, args.width, color_jitter=args.color_jitter,
+                                                  pad=args.pad), **data)
+
+    def finish(model):
+        return {"videos": len(crops.videos), "crops": len(crops.crops)}
+
+    return task, finish
+
+
+_BUILDERS = {"supervised": _build_supervised, "isr": _build_video, "moco": _build_video}
