@@ -72,9 +72,9 @@ def test_hostile_checkpoint_refused_by_create_model(tmp_path):
 def test_hostile_checkpoint_refused_by_evaluate_cli(tmp_path):
     marker = tmp_path / "marker"
     path = _hostile_checkpoint(tmp_path / "evil.pth", marker)
-    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate", "--checkpoint", str(path), "--threads", "1"],
+    proc = subprocess.run([sys.executable, "-m", "timm_reid.evaluate_cli", "--checkpoint", str(path), "--threads", "1"],
                           capture_output=True, text=True, env=ENV, cwd=tmp_path)
-    assert proc.returncode != 0 and "evil.pth" in proc.stderr
+    assert proc.returncode == 2 and "evil.pth" in proc.stderr
     assert not marker.exists()
 
 

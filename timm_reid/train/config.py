@@ -34,7 +34,7 @@ def _default_device():
 
 
 def _dataset_names():
-    from timm_reid.data.layouts import DATASETS
+    from timm_reid.data import DATASETS
 
     return tuple(DATASETS)
 
