@@ -40,7 +40,7 @@ def create_model(
     tnorm_mode: str = "transform",
     downsample: bool = True,
     last_stride: Optional[int] = None,
-    entry: str = "replace",
+    entry: str = "blend",
     pretrained: bool = False,
     checkpoint_path: Optional[str] = None,
     **timm_kwargs,

@@ -34,7 +34,7 @@ def test_create_model_patches_and_records_a_rebuildable_config():
     config = model.timm_reid_config
     assert config == dict(
         aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=3, gate="block", gate_init=0.1, mix="var",
-        tnorm_mode="transform", downsample=True, last_stride=1, entry="replace",
+        tnorm_mode="transform", downsample=True, last_stride=1, entry="blend",
     )
     rebuilt = create_model("resnet18", **config, **SMALL)
     assert describe(rebuilt).layers == describe(model).layers

@@ -148,7 +148,7 @@ def test_replacing_trained_layernorms_warns_and_names_the_exact_entry(tmp_path):
     path = timm_reid.save_backbone(model, str(tmp_path / "b.safetensors"), model_name="convnext_atto",
                                    input_size=(64, 32))
     with pytest.warns(UserWarning, match="replaced .* trained LayerNorm"):
-        timm_reid.create_model("convnext_atto", num_classes=0, aibn=[4], checkpoint_path=path)
+        timm_reid.create_model("convnext_atto", num_classes=0, aibn=[4], entry="replace", checkpoint_path=path)
 
 
 def test_affine_refit_is_the_per_channel_least_squares_fit_to_the_replaced_norm():
@@ -174,3 +174,19 @@ def test_affine_refit_is_the_per_channel_least_squares_fit_to_the_replaced_norm(
         A = torch.stack([z[:, c].flatten(), torch.ones(z[:, c].numel())], 1).double()
         solution = torch.linalg.lstsq(A, target[:, c].flatten().double()[:, None]).solution[:, 0]
         torch.testing.assert_close(torch.stack([w[c], b[c]]).double(), solution, rtol=1e-4, atol=1e-5)
+
+
+def test_blend_is_the_default_and_its_gates_learn_once_the_blend_has_moved():
+    model = patch(_trained_like("resnet"), aibn=[4])
+    layers = [m for m in model.modules() if isinstance(m, AIBN)]
+    assert layers and all(isinstance(m, BlendedAIBN) for m in layers)
+    model.train()
+    x = images(4)
+    output_tensor(model(x)).square().mean().backward()
+    assert all(m.gate.grad is None or m.gate.grad.abs().sum() == 0 for m in layers)  # b = 0: AIBN unused yet
+    assert any(m.blend.grad.abs().item() > 0 for m in layers)
+    for m in layers:
+        m.blend.data.fill_(0.5)
+    model.zero_grad()
+    output_tensor(model(x)).square().mean().backward()
+    assert any(m.gate.grad is not None and m.gate.grad.abs().item() > 0 for m in layers)

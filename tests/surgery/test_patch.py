@@ -56,7 +56,7 @@ def test_every_family_patches_runs_and_trains(name):
     model = randomize_norm_state(fresh(name))  # timm zero-inits the last BN gamma of each block
     expected_aibn = sorted(norms_in_stage(model, case, 3) + norms_in_stage(model, case, 4))
     unpatched_keys = set(model.state_dict())
-    patch(model, aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=3)
+    patch(model, aibn=[3, 4], tnorm=[1, 2, 3], num_cameras=3, entry="replace")  # blend: see test_entry.py
 
     assert sorted(of_type(model, AIBN)) == expected_aibn
     assert len(of_type(model, TNorm)) == 3
@@ -90,7 +90,7 @@ def test_aibn_inherits_weights_eps_and_running_stats(name):
 
 def test_unpatched_checkpoint_loads_with_only_bn_counters_dropped():
     original = randomize_norm_state(fresh("resnet"))
-    model = patch(copy.deepcopy(original), aibn=[3, 4], tnorm=[2], num_cameras=3)
+    model = patch(copy.deepcopy(original), aibn=[3, 4], tnorm=[2], num_cameras=3, entry="replace")
     state = {k: v for k, v in original.state_dict().items() if not k.endswith("num_batches_tracked")}
     result = model.load_state_dict(state, strict=False)
     assert result.unexpected_keys == []
@@ -333,7 +333,7 @@ def test_second_patch_on_other_stages_is_recorded_for_rebuilding():
 
 
 def test_describe_reports_rows_and_renders_a_table():
-    model = patch(fresh("convnext-nhwc"), aibn=[4], tnorm=[2], num_cameras=3, last_stride=1)
+    model = patch(fresh("convnext-nhwc"), aibn=[4], tnorm=[2], num_cameras=3, last_stride=1, entry="replace")
     description = describe(model)
     rows = {row.path: row for row in description.layers}
     assert rows["stages.3.blocks.0.norm"].kind == "AIBN"
