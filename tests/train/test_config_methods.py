@@ -1,0 +1,41 @@
+"""The harness's options: method groups in --help, presets of both methods, patch keywords
+passed through to create_model generically."""
+import argparse
+
+import pytest
+
+from timm_reid.train import pipeline
+from timm_reid.train.config import get_args_parser, parse_args
+
+
+def test_help_groups_options_under_each_method():
+    text = get_args_parser().format_help()
+    assert "method iics:" in text and "method ice:" in text
+    iics, ice = text.index("method iics:"), text.index("method ice:")
+    assert iics < text.index("  --intra-clusters", iics) < ice < text.index("  --min-samples", ice)
+    assert text.index("  --min-samples") > ice  # not listed before its group
+
+
+@pytest.mark.parametrize("argv, method, preset", [
+    ([], "iics", "demo"), (["--method", "ice"], "ice", "ice-demo"),
+    (["--method", "ice", "--dataset", "market1501", "--root", "x"], "ice", "ice"),
+    (["--preset", "ice-demo"], "ice", "ice-demo"),
+])
+def test_default_presets_follow_the_method(argv, method, preset):
+    args = parse_args(argv)
+    assert (args.method, args.preset) == (method, preset)
+
+
+def test_patch_keywords_pass_through_generically(monkeypatch):
+    import timm_reid.surgery as surgery
+
+    def patch(model, *, aibn=(), tnorm=(), num_cameras=None, gate_init=0.1, mix="var", entry="stem"):
+        pass
+
+    monkeypatch.setattr(surgery, "patch", patch)
+    monkeypatch.setattr(pipeline, "model_option_names",
+                        lambda: {"aibn", "tnorm", "aibn_gate_init", "aibn_mix", "aibn_entry", "model"})
+    args = argparse.Namespace(aibn=[3, 4], tnorm=[1], aibn_gate_init=0.2, aibn_mix="std", aibn_entry="after-stem",
+                              model="resnet50", momentum=0.9)
+    assert pipeline.patch_kwargs(args, 5) == {"aibn": (3, 4), "tnorm": (1,), "num_cameras": 5, "gate_init": 0.2,
+                                              "mix": "std", "entry": "after-stem"}
