@@ -118,3 +118,12 @@ def test_refuses_a_folder_with_user_files(tmp_path, capsys):
     assert cli(["--method", "supervised", "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_that_failed_before_training_can_be_started_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--method", "isr", "--output", str(run), "--no-progress"]
+    assert cli(argv + ["--data", str(tmp_path / "missing")]) == 2
+    assert (run / "config.json").is_file() and not (run / "last.pth").exists()
+    assert cli(argv + ["--data", str(tmp_path / "missing-too")]) == 2
+    assert "missing-too" in capsys.readouterr().err  # not refused as a non-empty folder

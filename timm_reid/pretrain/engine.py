@@ -25,6 +25,8 @@ __all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "p
 
 CHECKPOINT_FILE = "last.pth"
 _RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT_FILE, "backbone.safetensors")
+# What a run that stopped before its first epoch leaves: starting it again reuses the data.
+_UNSTARTED = {"config.json", "source-data", "video-data"}
 
 
 class Task:
@@ -96,12 +98,14 @@ def _write_jsonl(records, path: str) -> None:
 
 
 def prepare_run_dir(path: str, *, resuming: bool) -> str:
-    """Create ``path``; refuse a non-empty folder unless resuming a run of ours."""
+    """Create ``path``; refuse a non-empty folder unless resuming a run of ours (a run that
+    stopped before its first checkpoint, holding only its config and generated data, restarts)."""
     if resuming:
         if not os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
             raise FileNotFoundError(f"--resume {path}: no {CHECKPOINT_FILE} there; is it a pretraining run folder?")
         return path
-    if os.path.isdir(path) and os.listdir(path):
+    entries = set(os.listdir(path)) if os.path.isdir(path) else set()
+    if entries and not entries <= _UNSTARTED:
         ours = any(os.path.exists(os.path.join(path, f)) for f in _RUN_FILES)
         hint = (f"continue it with --resume {path} or" if ours else "it holds files that are not a run's;")
         raise FileExistsError(f"--output {path} is not empty: {hint} choose another --output")
