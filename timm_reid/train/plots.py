@@ -2,10 +2,8 @@
 camera and marked by identity (as Figure 1 of the IICS paper)."""
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend is selected on import
 
 MARKERS = "os^vD<>pP*Xh"
 
@@ -13,7 +11,8 @@ MARKERS = "os^vD<>pP*Xh"
 def plot_curves(history, initial, path):
     """Per round: losses, pseudo-label quality (ARI) and counts, test mAP / rank-1 when evaluated."""
     rounds = [h["round"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for key in ("intra_loss", "inter_ce_loss", "inter_triplet_loss"):
         pts = [(h["round"], h[key]) for h in history if h.get(key) is not None]
         if pts:
@@ -38,11 +37,11 @@ def plot_curves(history, initial, path):
         axes[0].set_xlim(0.5, max(rounds) + 0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_cmc(cmc_initial, cmc_final, path, max_rank=20):
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     for name, cmc in (("initial", cmc_initial), ("final", cmc_final)):
         if cmc is not None:
             cmc = np.asarray(cmc)[:max_rank]
@@ -52,7 +51,6 @@ def plot_cmc(cmc_initial, cmc_final, path, max_rank=20):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def embed_2d(features):
@@ -73,8 +71,9 @@ def plot_embedding(features, pids, camids, path, num_identities=12, seed=0):
     keep = np.isin(pids, ids)
     xy, method = embed_2d(features[keep])
     p, c = pids[keep], camids[keep]
-    cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6, 6))
+    cmap = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     for i, pid in enumerate(ids):
         m = p == pid
         ax.scatter(xy[m, 0], xy[m, 1], c=[cmap(int(k) % 10) for k in c[m]], marker=MARKERS[i % len(MARKERS)],
@@ -85,4 +84,3 @@ def plot_embedding(features, pids, camids, path, num_identities=12, seed=0):
     ax.set(title=f"test features ({method}): colour = camera, marker = identity", xticks=[], yticks=[])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
