@@ -66,8 +66,8 @@ def test_tiny_run_generates_synthetic_data_with_iids_options(tmp_path):
     run = tmp_path / "run"
     main(parse_args(tiny_argv(run, "--synthetic-identities", str(TINY_DATA["num_identities"]),
                               "--synthetic-test-identities", str(TINY_DATA["num_test_identities"]),
-                              "--synthetic-cameras", str(TINY_DATA["num_cameras"]), "--self-distill", "1",
-                              "--convert-prob", "0.5", "--camera-aggregate", "--drop-singletons")))
+                              "--synthetic-cameras", str(TINY_DATA["num_cameras"]), "--tnorm", "1", "2", "3",
+                              "--self-distill", "1", "--convert-prob", "0.5", "--camera-aggregate", "--drop-singletons")))
     assert (run / "data" / "meta.json").is_file()
     _check_run_dir(run)
 
