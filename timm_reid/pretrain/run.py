@@ -45,7 +45,7 @@ def build_backbone(args: argparse.Namespace, num_cameras: int | None):
 
     return create_model(args.model, aibn=tuple(args.aibn), tnorm=tuple(args.tnorm),
                         num_cameras=num_cameras if args.tnorm else None, mix=args.aibn_mix,
-                        gate_init=args.aibn_gate_init, tnorm_mode=args.tnorm_mode,
+                        gate_init=args.aibn_gate_init, entry=args.aibn_entry, tnorm_mode=args.tnorm_mode,
                         last_stride=args.last_stride, num_classes=0)
 
 
