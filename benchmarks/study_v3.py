@@ -40,6 +40,11 @@ ROWS = {
     "plain+erasing0.3": PLAIN + ["--random-erasing", "0.3"],
     "plain+no-rerank": PLAIN + ["--no-rerank"],
     "plain+oracle-count": PLAIN + ["--oracle-clusters"],
+    # the new demo preset, spelled as flags over the old one: TNorm (an identity without conversion)
+    # off, AIBN 3-4 blended in, the probe's erasing probability, no re-ranking
+    "demo-new": ["--tnorm", "--aibn-entry", "blend", "--random-erasing", "0.3", "--no-rerank"],
+    # the adopted demo preset (the same without --no-rerank)
+    "demo-v3": ["--tnorm", "--aibn-entry", "blend", "--random-erasing", "0.3"],
 }
 GROUPS = {
     "entry": ["plain", "aibn34-replace", "aibn34-blend"],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The exact commands behind benchmarks/results/v3 (resumable: finished runs are skipped).
-# One run at a time, 1 CPU thread per run, on the 2-core project machine (shared with other work).
+# The exact commands behind benchmarks/results/v3 (resumable: finished runs are skipped; see
+# runs.jsonl for every run's argv). 1 CPU thread per run; the project machine's 2 cores were shared
+# with other work, so the "seconds" in runs.jsonl are not idle-machine timings.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 R=benchmarks/results/v3
@@ -16,5 +17,6 @@ for s in 0 1 2; do   # zero-shot right after patching, per entry
 done
 python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --init random --rows recipe --seeds 0
-python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows tnorm --seeds 0 1 2
-python benchmarks/study_v3.py --init random --rows entry --seeds 0 1
+python benchmarks/study_v3.py --init random --rows demo-new --rounds 8 --seeds 0 1 2
+python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows tnorm --seeds 0
+python benchmarks/study_v3.py --report
