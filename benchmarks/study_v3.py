@@ -24,6 +24,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RESULTS = os.path.join(HERE, "results", "v3")
 
+# The demo preset as it was when v3 ran (runs.jsonl's argv say "--preset demo" alone): spelled out so
+# that the rows mean the same after the preset changed to what v3 found.
+OLD_DEMO = ["--aibn", "3", "4", "--tnorm", "1", "2", "3", "--aibn-entry", "replace", "--random-erasing", "0.5"]
+
 # Row name -> train flags on top of the demo preset. "plain" rows switch the preset's AIBN/TNorm off.
 PLAIN = ["--aibn", "--tnorm"]
 ROWS = {
@@ -58,7 +62,7 @@ def run_dir(results, init, row, seed, rounds, centre):
 
 
 def argv_for(results, init_path, row, seed, rounds, centre, out):
-    argv = [sys.executable, "-m", "timm_reid.train", "--preset", "demo", *ROWS[row],
+    argv = [sys.executable, "-m", "timm_reid.train", "--preset", "demo", *OLD_DEMO, *ROWS[row],
             "--rounds", str(rounds), "--seed", str(seed), "--root", os.path.join(results, f"data-seed{seed}"),
             "--output", out, "--threads", "1", "--no-progress", "--no-plots"]
     if init_path:

@@ -17,6 +17,7 @@ for s in 0 1 2; do   # zero-shot right after patching, per entry
 done
 python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --init random --rows recipe --seeds 0
-python benchmarks/study_v3.py --init random --rows demo-new --rounds 8 --seeds 0 1 2
+python benchmarks/study_v3.py --init random --rows demo-new --rounds 8 --seeds 0
+python benchmarks/study_v3.py --init random --rows demo-v3 --rounds 8 --seeds 0 1   # the adopted demo preset
 python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows tnorm --seeds 0
 python benchmarks/study_v3.py --report
