@@ -254,7 +254,7 @@ def warn_if_pretrained_layernorms_replaced(model: nn.Module, stacklevel: int = 3
     """Warn when AIBN replaced trained LayerNorms (``entry="replace"``).
 
     AIBN normalises over positions per channel, LayerNorm over channels at each position, so the
-    replacement changes the function: measured on a pretrained convnext_atto, zero-shot mAP 26.8 -> 5.0.
+    replacement changes the function: measured on a pretrained convnext_atto, zero-shot mAP 25.7 -> 5.0.
     """
     changes = model.__dict__.get(_CHANGES_ATTR, {})
     modules = dict(model.named_modules())
@@ -264,7 +264,7 @@ def warn_if_pretrained_layernorms_replaced(model: nn.Module, stacklevel: int = 3
         warnings.warn(
             f"AIBN replaced {len(trained)} trained LayerNorm(s) (e.g. {trained[0]}; entry='replace'). AIBN "
             "normalises over other axes, so a pretrained ConvNeXt loses most of what it learned before any "
-            "training (measured on a pretrained convnext_atto: zero-shot mAP 26.8 -> 5.0, 2 target seeds). entry='blend' keeps the pretrained function exactly "
+            "training (measured on a pretrained convnext_atto: zero-shot mAP 25.7 -> 5.0, 3 target seeds). entry='blend' keeps the pretrained function exactly "
             "and lets training blend AIBN in.",
             UserWarning, stacklevel=stacklevel,
         )
