@@ -1,4 +1,4 @@
-"""Pretraining measures (issue 13): pair precision, zero-shot retrieval, cost against data size.
+"""Pretraining measures: pair precision, zero-shot retrieval, cost against data size.
 
     python benchmarks/pretrain.py --work /tmp/pretrain-bench --seeds 0 --threads 1 > rows.jsonl
 

@@ -1,4 +1,4 @@
-"""Safe to embed (issue 11, train side): pickle-free checkpoints, protected run directories,
+"""Safe to embed, train side: pickle-free checkpoints, protected run directories,
 checked options with exit status 2, and the portable backbone every run writes."""
 import json
 import math
