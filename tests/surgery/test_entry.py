@@ -1,9 +1,10 @@
 """How AIBN enters a pretrained backbone: ``entry="blend"`` keeps the function exactly at the start."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ def _trained_like(name):
 @given(name=st.sampled_from(FAMILIES), stages=st.sets(st.integers(1, 4), min_size=1), train=st.booleans())
 def test_blend_entry_computes_exactly_what_the_unpatched_model_computes(name, stages, train):
     model = _trained_like(name)
-    patched = patch(_copy(model), aibn=sorted(stages), entry="blend")
+    patched = patch(copy.deepcopy(model), aibn=sorted(stages), entry="blend")
     x = images(4)
     model.train(train), patched.train(train)
     with torch.no_grad():
@@ -34,16 +35,11 @@ def test_blend_entry_computes_exactly_what_the_unpatched_model_computes(name, st
     assert any(isinstance(m, BlendedAIBN) for m in patched.modules())
 
 
-def _copy(model):
-    import copy
-    return copy.deepcopy(model)
-
-
 @pytest.mark.parametrize("name", ["convnext-nchw", "convnext-nhwc", "resnet", "tv-convnext"])
 def test_blend_one_is_the_replacement_and_the_blend_weight_learns(name):
     model = _trained_like(name)
-    replaced = patch(_copy(model), aibn=[3, 4], entry="replace", gate_init=0.3).eval()
-    blended = patch(_copy(model), aibn=[3, 4], entry="blend", gate_init=0.3).eval()
+    replaced = patch(copy.deepcopy(model), aibn=[3, 4], entry="replace", gate_init=0.3).eval()
+    blended = patch(copy.deepcopy(model), aibn=[3, 4], entry="blend", gate_init=0.3).eval()
     for m in blended.modules():
         if isinstance(m, BlendedAIBN):
             m.blend.data.fill_(1.0)
@@ -136,10 +132,10 @@ def test_replacing_trained_layernorms_warns_and_names_the_exact_entry(tmp_path):
     import timm_reid
     trained = _trained_like("convnext-nchw")
     with pytest.warns(UserWarning, match="entry='blend' keeps the pretrained function"):
-        patch(_copy(trained), aibn=[4], entry="replace")
+        patch(copy.deepcopy(trained), aibn=[4], entry="replace")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        patch(_copy(trained), aibn=[4], entry="blend")          # exact: nothing to warn about
+        patch(copy.deepcopy(trained), aibn=[4], entry="blend")          # exact: nothing to warn about
         patch(fresh("convnext-nchw"), aibn=[4], entry="replace")  # untrained norms: nothing lost
         patch(_trained_like("resnet"), aibn=[4], entry="replace")  # BatchNorm: gate 1 is BatchNorm
     # the same through create_model: the checkpoint loads after patching
@@ -156,7 +152,7 @@ def test_affine_refit_is_the_per_channel_least_squares_fit_to_the_replaced_norm(
     reference = _trained_like("convnext-nchw").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = patch(_copy(reference), aibn=[4], entry="replace").eval()
+        model = patch(copy.deepcopy(reference), aibn=[4], entry="replace").eval()
     batches = [images(4, seed=s) for s in range(2)]
     path, first = next((p, m) for p, m in model.named_modules() if isinstance(m, AIBN))
     inputs = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from timm_reid.surgery import ENTRIES
+
 __all__ = ["METHODS", "METHOD_DEFAULTS", "get_args_parser", "resolve_args", "check_args"]
 
 METHODS = ("supervised", "isr", "moco")
@@ -47,7 +49,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--aibn-mix", default="var", choices=("var", "std"), help="AIBN mixing of the statistics")
     g.add_argument("--aibn-gate-init", default=0.1, type=float,
                    help="initial AIBN gate (0: instance norm only, ISR's IN-after-early-stages choice)")
-    g.add_argument("--aibn-entry", default="blend", choices=("replace", "blend"),
+    g.add_argument("--aibn-entry", default="blend", choices=ENTRIES,
                    help="how AIBN enters (see timm_reid.patch): blend in from 0 beside the norm, or replace it")
     g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"))
     g.add_argument("--last-stride", default=None, type=int, help="stride of the last stage; None keeps it")

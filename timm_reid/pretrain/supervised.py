@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader

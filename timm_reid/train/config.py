@@ -16,6 +16,7 @@ from importlib import resources
 
 import yaml
 
+from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import METHODS, get_method
 
@@ -107,7 +108,7 @@ def _add_model_arguments(parser):
     g.add_argument("--aibn-mix", default="var", choices=("var", "std"),
                    help="AIBN mixing: variances (IICS) or standard deviations (Qureshi & Dehghani)")
     g.add_argument("--aibn-gate-init", default=0.1, type=float, help="initial AIBN gate (weight of batch stats)")
-    g.add_argument("--aibn-entry", default="blend", choices=("replace", "blend"),
+    g.add_argument("--aibn-entry", default="blend", choices=ENTRIES,
                    help="how AIBN enters the backbone: replace its norms (papers) or blend in beside them from 0 "
                         "(keeps a pretrained backbone's function; see timm_reid.patch)")
     g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"),
