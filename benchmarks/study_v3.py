@@ -57,13 +57,19 @@ GROUPS = {
 }
 
 
-def run_dir(results, init, row, seed, rounds, centre):
-    return os.path.join(results, "runs", f"{init}-{row}-r{rounds}-{'c' if centre else 'nc'}-s{seed}")
+# Per method: the preset the rows start from, the flags pinning it as v3 ran, and the schedule flag.
+METHODS = {"iics": ("demo", OLD_DEMO, "--rounds"), "ice": ("ice-demo", [], "--epochs")}
 
 
-def argv_for(results, init_path, row, seed, rounds, centre, out):
-    argv = [sys.executable, "-m", "timm_reid.train", "--preset", "demo", *OLD_DEMO, *ROWS[row],
-            "--rounds", str(rounds), "--seed", str(seed), "--root", os.path.join(results, f"data-seed{seed}"),
+def run_dir(results, method, init, row, seed, rounds, centre):
+    prefix = "" if method == "iics" else f"{method}-"  # IICS run names predate --method
+    return os.path.join(results, "runs", f"{prefix}{init}-{row}-r{rounds}-{'c' if centre else 'nc'}-s{seed}")
+
+
+def argv_for(results, method, init_path, row, seed, rounds, centre, out):
+    preset, pinned, schedule = METHODS[method]
+    argv = [sys.executable, "-m", "timm_reid.train", "--preset", preset, *pinned, *ROWS[row],
+            schedule, str(rounds), "--seed", str(seed), "--root", os.path.join(results, f"data-seed{seed}"),
             "--output", out, "--threads", "1", "--no-progress", "--no-plots"]
     if init_path:
         argv += ["--checkpoint-path", init_path]
@@ -82,17 +88,17 @@ def run_all(args):
         for init, path in inits.items():
             for row in rows:
                 for centre in args.centre:
-                    out = run_dir(args.results, init, row, seed, args.rounds, centre)
+                    out = run_dir(args.results, args.method, init, row, seed, args.rounds, centre)
                     if _relative(out) in done:
                         continue
-                    argv = argv_for(args.results, path, row, seed, args.rounds, centre, out)
+                    argv = argv_for(args.results, args.method, path, row, seed, args.rounds, centre, out)
                     if not os.path.isfile(os.path.join(out, "final_metrics.json")):  # else: finished, unrecorded
                         print("running", " ".join(argv[1:]), flush=True)
                         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
                     with open(os.path.join(out, "final_metrics.json")) as f:
                         result = json.load(f)
-                    record = {"init": init, "init_path": _relative(path), "row": row, "seed": seed,
+                    record = {"method": args.method, "init": init, "init_path": _relative(path), "row": row, "seed": seed,
                               "rounds": args.rounds, "centre": centre, "output": _relative(out),
                               "argv": ["python", *map(_relative, argv[1:])], "seconds": result["wall_time_s"],
                               "initial": result["initial"], "final": result["final"]}
@@ -142,19 +148,19 @@ def report(results):
         records = [json.loads(line) for line in f if line.strip()]
     cells = {}
     for r in records:
-        cells.setdefault((r["init"], r["rounds"], r["centre"], r["row"]), {})[r["seed"]] = r
-    lines = ["| init | rounds | centring | row | seeds | initial mAP | final mAP | final rank-1 | Δ final vs plain (paired) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (init, rounds, centre, row), by_seed in sorted(cells.items()):
+        cells.setdefault((r.get("method", "iics"), r["init"], r["rounds"], r["centre"], r["row"]), {})[r["seed"]] = r
+    lines = ["| method | init | rounds (ICE: epochs) | centring | row | seeds | initial mAP | final mAP | final rank-1 | Δ final vs plain (paired) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, init, rounds, centre, row), by_seed in sorted(cells.items()):
         seeds = sorted(by_seed)
         ini = [100 * by_seed[s]["initial"]["mAP"] for s in seeds]
         fin = [100 * by_seed[s]["final"]["mAP"] for s in seeds]
         r1 = [100 * by_seed[s]["final"]["rank1"] for s in seeds]
-        plain = cells.get((init, rounds, centre, "plain"), {})
+        plain = cells.get((method, init, rounds, centre, "plain"), {})
         deltas = [100 * (by_seed[s]["final"]["mAP"] - plain[s]["final"]["mAP"]) for s in seeds if s in plain]
         delta = "" if row == "plain" or not deltas else (
             f"{_ms(deltas)} ({sum(d > 0 for d in deltas)}/{len(deltas)} > 0)")
-        lines.append(f"| {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
+        lines.append(f"| {method} | {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
                      f"{_ms(fin)} | {_ms(r1)} | {delta} |")
     text = ("## Zero-shot right after patching\n\n" + entry_table(results) + "\n## After training\n\n"
             + "\n".join(lines) + "\n")
@@ -175,7 +181,8 @@ def main():
     p.add_argument("--init", nargs="+", default=["random"], help="NAME=BACKBONE_FILE (or 'random')")
     p.add_argument("--rows", nargs="+", default=["entry"], help=f"row names or groups {sorted(GROUPS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--method", choices=sorted(METHODS), default="iics")
+    p.add_argument("--rounds", type=int, default=4, help="IICS rounds, or ICE epochs")
     p.add_argument("--centre", nargs="+", type=int, default=[1], help="1: per-camera centring, 0: none")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()

@@ -20,4 +20,19 @@ python benchmarks/study_v3.py --init random --rows recipe --seeds 0
 python benchmarks/study_v3.py --init random --rows demo-new --rounds 8 --seeds 0
 python benchmarks/study_v3.py --init random --rows demo-v3 --rounds 8 --seeds 0 1   # the adopted demo preset
 python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows tnorm --seeds 0
+# second session (2026-12-02): ISR initialisation, ICE, random-init entry rows, 8 rounds
+ISR=runs/pretrain-isr
+if [ ! -f "$ISR/backbone.safetensors" ]; then
+  # ISR on synthetic street video (seed 202, no labels), the pretraining benchmark's sizes (CLI defaults)
+  python -m timm_reid.pretrain --method isr --seed 0 --output "$ISR" --model convnext_atto \
+      --height 64 --width 32 --threads 1 --no-progress
+fi
+for s in 0 1 2; do
+  [ -s "$R/entry-isr-seed$s.jsonl" ] || python benchmarks/entry.py --backbone "$ISR/backbone.safetensors" \
+      --data "$R/data-seed$s" --seed "$s" > "$R/entry-isr-seed$s.jsonl"
+done
+python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows entry --seeds 0 1 2
+python benchmarks/study_v3.py --method ice --rounds 4 --init supervised="$PRE/backbone.safetensors" --rows entry --seeds 0 1 2
+python benchmarks/study_v3.py --init random --rows entry --seeds 0 1 2
+python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
 python benchmarks/study_v3.py --report
