@@ -35,6 +35,9 @@ ROWS = {
     "plain": PLAIN,
     "aibn34-replace": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace"],
     "aibn34-blend": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "blend"],
+    # AIBN placement (blend entry)
+    "aibn12-blend": PLAIN + ["--aibn", "1", "2", "--aibn-entry", "blend"],
+    "aibn1234-blend": PLAIN + ["--aibn", "1", "2", "3", "4", "--aibn-entry", "blend"],
     "aibn34-blend+tnorm123-normalize": ["--aibn", "3", "4", "--aibn-entry", "blend", "--tnorm", "1", "2", "3",
                                         "--tnorm-mode", "normalize"],
     "aibn34-blend+iids": ["--aibn", "3", "4", "--aibn-entry", "blend", "--tnorm", "1", "2", "3",
@@ -52,6 +55,7 @@ ROWS = {
 }
 GROUPS = {
     "entry": ["plain", "aibn34-replace", "aibn34-blend"],
+    "placement": ["aibn12-blend", "aibn1234-blend"],
     "tnorm": ["aibn34-blend+tnorm123-normalize", "aibn34-blend+iids", "plain+selfdistill"],
     "recipe": ["demo-preset", "plain", "plain+erasing0.3", "plain+no-rerank", "plain+oracle-count"],
 }

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from tests.train.tiny import TINY_DATA
+from timm_reid.distributed import LOCAL
 from timm_reid.factory import create_model
 from timm_reid.train import ice, main, parse_args
 from timm_reid.train.checkpoint import load_checkpoint
@@ -144,7 +145,7 @@ def test_ema_update_follows_the_formula_and_leaves_buffers():
 
 
 def _trainer(net):
-    ctx = SimpleNamespace(make_net=lambda: copy.deepcopy(net), device="cpu", batch_size=8, num_instances=2,
+    ctx = SimpleNamespace(make_net=lambda: copy.deepcopy(net), device="cpu", batch_size=8, num_instances=2, dist=LOCAL,
                           optim=OptimOptions(opt="adamw", lr=1e-3, backbone_lr_mult=1.0, weight_decay=5e-4,
                                              momentum=0.9))
     args = parse_args(["--method", "ice", "--seed", "0", "--ema", "0.9"])

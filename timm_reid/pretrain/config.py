@@ -35,8 +35,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--output", default=None, metavar="RUN",
                    help="run directory, must be new or empty (None: runs/pretrain-<method>-seed<seed>)")
     g.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last.pth")
-    g.add_argument("--threads", default=None, type=int, help="torch CPU threads (None: all cores)")
-    g.add_argument("--device", default="cpu", help="torch device")
+    g.add_argument("--threads", default=None, type=int,
+                   help="torch CPU threads per process (None: all cores, shared by the torchrun processes)")
+    g.add_argument("--device", default="cpu", help="torch device (under torchrun, cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--dist-timeout", default=1800.0, type=float, metavar="SECONDS",
+                   help="torchrun: the longest any process waits for the others before the run ends with an error")
     g.add_argument("--workers", default=0, type=int, help="data-loader worker processes")
     g.add_argument("--no-progress", action="store_true", help="disable progress bars")
 
@@ -112,6 +115,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming every bad option and how to fix it."""
     problems = []
+    if not args.dist_timeout > 0:
+        problems.append(f"--dist-timeout {args.dist_timeout} must be > 0 seconds")
     positive = ["epochs", "height", "width", "batch_size", "num_instances", "num_videos", "num_frames",
                 "delta_max", "visits_per_epoch", "queue_size", "hard_negatives"]
     problems += [f"--{k.replace('_', '-')} {getattr(args, k)} must be >= 1"

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from timm_reid.distributed import LOCAL, Dist
+
 __all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
            "load_state", "seed_all", "CHECKPOINT_FILE"]
 
@@ -30,9 +32,17 @@ _UNSTARTED = {"config.json", "source-data", "video-data"}
 
 
 class Task:
-    """What a method provides. ``modules`` holds everything trained (the backbone first)."""
+    """What a method provides. ``modules`` holds everything trained (the backbone first).
+
+    Forwards go through :meth:`forward`, so that under torchrun (``dist``, set by the run) each
+    process computes its share of the batch and every loss sees the whole batch."""
 
     modules: nn.ModuleDict
+    dist: Dist = LOCAL
+
+    def forward(self, name: str, images: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``modules[name](images, **kwargs)`` over the whole batch (shared by the processes)."""
+        return self.dist.forward(self.modules[name], images, **kwargs)
 
     def batches(self, epoch: int) -> Iterable:
         raise NotImplementedError
@@ -121,7 +131,10 @@ def load_state(run_dir: str) -> dict:
 
 def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, weight_decay: float,
         warmup_epochs: float, seed: int, state: dict | None = None, progress: bool = True) -> list[dict]:
-    """Train ``task`` for ``epochs`` (continuing ``state`` of :func:`load_state`); return the history."""
+    """Train ``task`` for ``epochs`` (continuing ``state`` of :func:`load_state`); return the history.
+    Under torchrun (``task.dist``) gradients are averaged over the processes and only rank 0 writes."""
+    dist = task.dist
+    progress = progress and dist.is_main
     params = [p for p in task.modules.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = task.num_batches()
@@ -149,6 +162,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
                                          "lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(task.modules)
             optimizer.step()
             task.after_step()
             for k, v in {"loss": loss.item(), **logs}.items():
@@ -161,6 +175,8 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         record.update(task.end_epoch(epoch))
         elapsed += time.perf_counter() - start
         history.append(record)
+        if not dist.is_main:
+            continue
         _write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
         atomic_save({"args": args_dict, "modules": task.modules.state_dict(),
                      "optimizer": optimizer.state_dict(), "task": task.extra_state(),

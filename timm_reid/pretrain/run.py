@@ -13,13 +13,14 @@ import time
 
 import torch
 
+from timm_reid import distributed
 from timm_reid.pretrain.config import check_args, get_args_parser, resolve_args
 from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir, seed_all, write_json
 
 __all__ = ["main", "pretrain", "build_backbone"]
 
 # Options that may differ between the interrupted and the resuming command.
-_RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device")
+_RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
 
 
 def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
@@ -64,24 +65,43 @@ def _resume(args):
 
 
 def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
-    """Run (or resume) one pretraining; returns the final metrics."""
-    from timm_reid.backbone import BACKBONE_FILE, save_backbone
-
+    """Run (or resume) one pretraining (under torchrun: one process of it); returns the final metrics."""
     args, state = _resume(args)
     check_args(args)
-    run_dir = prepare_run_dir(args.output, resuming=state is not None)
+    dist = distributed.init(args.device, args.dist_timeout)
+    try:
+        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
+        return _run(args, state, dist, pair_hook)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _run(args, state, dist, pair_hook):
+    from timm_reid.backbone import BACKBONE_FILE, save_backbone
+
+    run_dir = dist.on_main(prepare_run_dir, args.output, resuming=state is not None)
     args_dict = {k: v for k, v in vars(args).items() if k != "resume"}
-    if state is None:
+    if state is None and dist.is_main:
         write_json(args_dict, os.path.join(run_dir, "config.json"))
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    args.no_progress = args.no_progress or not dist.is_main  # one progress display per run
+    torch.set_num_threads(args.threads or max((os.cpu_count() or 1) // dist.world_size, 1))
     start = time.perf_counter()
     seed_all(args.seed)  # the initial weights; each epoch reseeds itself
-    task, finish = _BUILDERS[args.method](args, run_dir, pair_hook)
+    # rank 0 first: it generates the synthetic data the others then read
+    built = _BUILDERS[args.method](args, run_dir, pair_hook) if dist.is_main else None
+    dist.barrier()
+    task, finish = built or _BUILDERS[args.method](args, run_dir, pair_hook)
+    task.modules = dist.attach(task.modules, args.device)
+    dist.broadcast_module(task.modules)
+    task.dist = dist
     history = fit(task, run_dir=run_dir, args_dict=args_dict, epochs=args.epochs, lr=args.lr,
                   weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, seed=args.seed,
                   state=state, progress=not args.no_progress)
     backbone = task.modules["backbone"].eval()
-    final = finish(backbone)
+    final = dist.on_main(finish, backbone)
+    if not dist.is_main:
+        dist.barrier()
+        return {"method": args.method, "epochs": len(history), "final": final}
     extra = {"method": args.method, "epochs": args.epochs, "seed": args.seed, "trained_with": args_dict,
              "final": final}
     path = save_backbone(backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
@@ -90,6 +110,7 @@ def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
               "last_epoch": history[-1] if history else {}, "final": final,
               "wall_time_s": round(time.perf_counter() - start, 1)}
     write_json(result, os.path.join(run_dir, "final_metrics.json"))
+    dist.barrier()
     return result
 
 

@@ -66,7 +66,7 @@ class SupervisedTask(Task):
     def loss(self, batch):
         images, pids, camids, _ = batch
         images, pids = images.to(self.device), pids.to(self.device)
-        features = self.modules["backbone"](images, camids=camids.to(self.device))
+        features = self.forward("backbone", images, camids=camids.to(self.device))
         logits = self.modules["head"](features)
         ce = F.cross_entropy(logits, pids)
         triplet = batch_hard_triplet(features, pids, margin=self.margin)

@@ -159,7 +159,7 @@ class ISRTask(_VideoTask):
         step, images = batch
         flat = [i for slot in step for i in slot]
         videos = self.video_of[flat].to(self.device)
-        feats = F.normalize(self.modules["backbone"](images.to(self.device), camids=videos), dim=1)
+        feats = F.normalize(self.forward("backbone", images.to(self.device), camids=videos), dim=1)
         bounds = np.cumsum([0] + [len(s) for s in step])
         slots = [(feats[a:b], videos[a:b], flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         terms, reliabilities = [], []
@@ -224,9 +224,9 @@ class MoCoTask(_VideoTask):
         step, (view_q, view_k) = batch
         flat = [i for slot in step for i in slot]
         videos = self.video_of[flat].to(self.device)
-        q = F.normalize(self.modules["backbone"](view_q.to(self.device), camids=videos), dim=1)
+        q = F.normalize(self.forward("backbone", view_q.to(self.device), camids=videos), dim=1)
         with torch.no_grad():
-            k = F.normalize(self.modules["key"](view_k.to(self.device), camids=videos), dim=1)
+            k = F.normalize(self.forward("key", view_k.to(self.device), camids=videos), dim=1)
         negatives, _ = self.queue.entries()
         logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.to(q).t()], dim=1) / self.tau
         loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

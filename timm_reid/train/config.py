@@ -24,8 +24,10 @@ PRESETS = ("demo", "iics", "iids", "ice", "ice-demo")
 # Preset used when none is given: (without --dataset: synthetic data, with --dataset).
 DEFAULT_PRESETS = {"iics": ("demo", "iics"), "ice": ("ice-demo", "ice")}
 # Flags --resume honours (how to run, not what to train); any other flag is refused with it.
-RESUME_FLAGS = ("resume", "threads", "workers", "no_progress", "no_plots", "device")
+RESUME_FLAGS = ("resume", "threads", "workers", "no_progress", "no_plots", "device", "dist_timeout")
 PROG = "python -m timm_reid.train"
+# Facts a run's config.yaml records that are not options (a config.yaml given as --config skips them).
+RECORDED_ONLY = ("world_size",)
 
 
 def _default_device():
@@ -68,10 +70,17 @@ def _add_config_arguments(parser):
                    help="reuse an --output folder that already holds files (the run files there are replaced)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its stored options "
-                        "(only --threads, --workers, --device, --no-progress, --no-plots may be given with it)")
+                        "(only --threads, --workers, --device, --no-progress, --no-plots, --dist-timeout may be "
+                        "given with it)")
     g.add_argument("--seed", default=0, type=int, help="seed of everything (data generation included)")
-    g.add_argument("--threads", default=None, type=int, help="torch CPU threads (None: all cores)")
-    g.add_argument("--device", default=_default_device(), help="torch device (default: cuda when available)")
+    g.add_argument("--threads", default=None, type=int,
+                   help="torch CPU threads per process (None: all cores, shared by the torchrun processes)")
+    g.add_argument("--device", default=_default_device(),
+                   help="torch device (default: cuda when available; under torchrun each process takes "
+                        "cuda:LOCAL_RANK)")
+    g.add_argument("--dist-timeout", default=1800.0, type=float, metavar="SECONDS",
+                   help="torchrun: the longest any process waits for the others (rank 0's clustering "
+                        "included) before the run ends with an error")
     g.add_argument("--no-progress", action="store_true", help="disable progress bars")
     g.add_argument("--no-plots", action="store_true", help="do not draw plots at the end")
 
@@ -161,7 +170,7 @@ def load_yaml(path, parser):
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items() if k not in RECORDED_ONLY}
     unknown = sorted(set(values) - set(actions))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}; see {PROG} --help for the valid names")
@@ -227,7 +236,7 @@ def _refuse_flags_ignored_by_resume(argv, first):
     if given:
         flags = ", ".join("--" + g.replace("_", "-") for g in given)
         raise ConfigError(f"--resume {first.resume} continues the run with the options stored in it, so these "
-                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, "
+                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, --dist-timeout, "
                           "--no-progress and --no-plots may change on resume), or start a new run with --output.")
 
 
@@ -255,6 +264,8 @@ def check_args(args):
         raise ConfigError(f"--lambda-value must lie in [0, 1], got {args.lambda_value}")
     if not 0 <= args.random_erasing <= 1:
         raise ConfigError(f"--random-erasing must be a probability in [0, 1], got {args.random_erasing}")
+    if not args.dist_timeout > 0:
+        raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {args.eval_every}")
     if args.pretrained and args.checkpoint_path:

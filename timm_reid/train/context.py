@@ -8,6 +8,7 @@ everything else from here, so adding a method never edits the harness or another
 from dataclasses import dataclass
 from typing import Callable
 
+from timm_reid.distributed import LOCAL, Dist
 from timm_reid.train.features import clustering_features
 
 
@@ -39,9 +40,11 @@ class Context:
     num_instances: int  # K
     optim: OptimOptions
     make_net: Callable  # () -> ReIDNet, a fresh network with the run's initial weights
+    dist: Dist = LOCAL  # the torchrun process group (timm_reid.distributed): forwards, clustering, gradients
 
     def clustering_features(self, net, records=None):
         """``(raw, clustered, pids, camids)`` of the train split (or ``records``) under ``net``."""
         return clustering_features(net, self.dataset.train if records is None else records,
                                    transform=self.test_tf, batch_size=self.test_batch_size,
-                                   workers=self.workers, center=self.center, progress=self.progress)
+                                   workers=self.workers, center=self.center, progress=self.progress,
+                                   dist=self.dist)

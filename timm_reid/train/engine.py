@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
 from timm_reid.data import CameraBatchSampler, ImageDataset, RandomIdentitySampler
+from timm_reid.distributed import LOCAL
 from timm_reid.train.diagnostics import cluster_quality, label_stats
 from timm_reid.train.features import center_per_camera, extract, l2_normalize  # noqa: F401 (re-exported)
 from timm_reid.train.losses import soft_cross_entropy, soft_triplet_loss, triplet_loss
@@ -66,7 +67,7 @@ def run_intra_stage(net, train, *, ctx, opts, seed, desc="intra"):
     t0 = time.time()
     raw, feats, pids, camids = ctx.clustering_features(net, train)
     t1 = time.time()
-    result = cluster_intra_camera(feats, camids, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
+    result = ctx.dist.on_main(cluster_intra_camera, feats, camids, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
                                   rerank=opts.rerank, drop_singletons=opts.drop_singletons,
                                   **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
     labels = result.labels.numpy()
@@ -91,7 +92,8 @@ def run_intra_stage(net, train, *, ctx, opts, seed, desc="intra"):
         loader.batch_sampler.set_epoch(epoch)
         losses.append(train_intra_epoch(net, loader, optimizer, joint_forward=opts.intra_joint_forward,
                                         self_distill=opts.self_distill, convert_prob=opts.convert_prob,
-                                        progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.intra_epochs}"))
+                                        progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.intra_epochs}",
+                                        dist=ctx.dist))
     record["intra_loss"] = float(np.mean(losses)) if losses else None
     record["intra_seconds"] = {"features": round(t1 - t0, 1), "cluster": round(t2 - t1, 1),
                                "train": round(time.time() - t2, 1)}
@@ -121,11 +123,13 @@ def intra_quality(labels, pids, camids):
     return out
 
 
-def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, convert_prob, progress, desc):
+def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, convert_prob, progress, desc,
+                      dist=LOCAL):
     """One pass over camera-grouped batches; the loss is the sum over cameras of each camera head's
     cross-entropy on that camera's images (reference ``IntraCameraTrainer``). Cameras are forwarded
     one by one (reference), or in one forward with ``joint_forward`` (identical unless the backbone
-    couples samples across cameras, as AIBN's batch statistics do). Returns the mean loss."""
+    couples samples across cameras, as AIBN's batch statistics do). Under torchrun each forward is
+    shared by the processes (:meth:`Dist.forward`). Returns the mean loss."""
     device = next(net.parameters()).device
     net.train()
     total, steps = 0.0, 0
@@ -134,7 +138,7 @@ def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, co
         labels, camids = labels.to(device), camids.to(device)
         views = [v.to(device) for v in images] if self_distill > 0 else [images.to(device)]
         convert = self_distill > 0 and bool(torch.rand(()) < convert_prob)
-        feats = [_forward_by_camera(net, v, camids, joint_forward, convert=(i == 1 and convert))
+        feats = [_forward_by_camera(net, v, camids, joint_forward, convert=(i == 1 and convert), dist=dist)
                  for i, v in enumerate(views)]
         loss = 0.0
         for c in torch.unique(camids).tolist():
@@ -145,18 +149,19 @@ def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, co
                 loss = loss + self_distill * soft_cross_entropy(net.heads[c](feats[1][m]), logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(net)
         optimizer.step()
         total, steps = total + loss.item(), steps + 1
         bar.set_postfix(loss=f"{total / steps:.3f}")
     return total / max(steps, 1)
 
 
-def _forward_by_camera(net, images, camids, joint, convert=False):
+def _forward_by_camera(net, images, camids, joint, convert=False, dist=LOCAL):
     """Pooled features of a camera-grouped batch: one forward per camera, or one for all."""
     if joint:
-        return net(images, camids=camids, convert=convert)
+        return dist.forward(net, images, camids=camids, convert=convert)
     order = torch.argsort(camids, stable=True)
-    parts = [net(images[idx], camids=camids[idx], convert=convert)
+    parts = [dist.forward(net, images[idx], camids=camids[idx], convert=convert)
              for idx in torch.split(order, torch.bincount(camids[order]).tolist()) if len(idx)]
     return torch.cat(parts)[torch.argsort(order)]
 
@@ -175,7 +180,7 @@ def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"
     t1 = time.time()
     use_jaccard = mu > 0 and len(net.heads) == ctx.num_cameras and ctx.num_cameras > 1
     scores = head_scores(net, raw) if use_jaccard else np.zeros((len(raw), 1), np.float32)
-    labels = cluster_inter_camera(feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=ctx.k1, k2=ctx.k2,
+    labels = ctx.dist.on_main(cluster_inter_camera, feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=ctx.k1, k2=ctx.k2,
                                   lambda_value=ctx.lambda_value, rerank=opts.rerank,
                                   drop_singletons=opts.drop_singletons,
                                   **_clustering_target(n_clusters, opts.inter_threshold_quantile)).numpy()
@@ -204,7 +209,8 @@ def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"
         sampler.set_epoch(epoch)
         c, t = train_inter_epoch(net, loader, optimizer, margin=opts.margin, triplet_weight=opts.triplet_weight,
                                  self_distill=opts.self_distill, convert_prob=opts.convert_prob,
-                                 progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.inter_epochs}")
+                                 progress=ctx.progress, desc=f"{desc} epoch {epoch + 1}/{opts.inter_epochs}",
+                                 dist=ctx.dist)
         ce.append(c)
         tri.append(t)
     record["inter_ce_loss"] = float(np.mean(ce)) if ce else None
@@ -215,7 +221,7 @@ def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"
 
 
 def train_inter_epoch(net, loader, optimizer, *, margin, triplet_weight, self_distill, convert_prob, progress,
-                      desc):
+                      desc, dist=LOCAL):
     """One pass over P x K batches: cross-entropy of the head + batch-hard triplet on pooled
     features (reference ``InterCameraTrainer``). Returns mean (cross-entropy, triplet) losses."""
     device = next(net.parameters()).device
@@ -226,17 +232,18 @@ def train_inter_epoch(net, loader, optimizer, *, margin, triplet_weight, self_di
     for images, labels, camids, _ in bar:
         labels, camids = labels.to(device), camids.to(device)
         view1 = (images[0] if self_distill > 0 else images).to(device)
-        f1 = net(view1, camids=camids)
+        f1 = dist.forward(net, view1, camids=camids)
         logits1 = head(f1)
         ce = F.cross_entropy(logits1, labels)
         tri = triplet_loss(f1, labels, margin=margin)
         loss = ce + triplet_weight * tri
         if self_distill > 0:
             convert = bool(torch.rand(()) < convert_prob)
-            f2 = net(images[1].to(device), camids=camids, convert=convert)
+            f2 = dist.forward(net, images[1].to(device), camids=camids, convert=convert)
             loss = loss + self_distill * (soft_cross_entropy(head(f2), logits1) + soft_triplet_loss(f2, f1, labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(net)
         optimizer.step()
         ce_sum, tri_sum, steps = ce_sum + ce.item(), tri_sum + tri.item(), steps + 1
         bar.set_postfix(ce=f"{ce_sum / steps:.3f}", tri=f"{tri_sum / steps:.3f}")

@@ -25,7 +25,6 @@ Choices where the paper is silent (following chenhao2345/ICE unless said):
   the learning rate warms up linearly from 0.1 x over ``--warmup-epochs`` epochs.
 """
 
-import copy
 import math
 import time
 from dataclasses import dataclass, fields
@@ -179,7 +178,7 @@ class Trainer:
     def __init__(self, ctx, args):
         self.ctx, self.opts, self.seed = ctx, Options.from_args(args), args.seed
         self.online = ctx.make_net()
-        self.net = copy.deepcopy(self.online)  # the momentum encoder: evaluated, clusters, saved
+        self.net = ctx.dist.copy_module(self.online)  # the momentum encoder: evaluated, clusters, saved
         self.net.requires_grad_(False)
         o = ctx.optim
         self.optimizer = build_optimizer(self.online, opt=o.opt, lr=o.lr, backbone_lr_mult=o.backbone_lr_mult,
@@ -212,7 +211,7 @@ class Trainer:
         """Pseudo labels of the train split from the momentum encoder, and their statistics."""
         ctx, opts = self.ctx, self.opts
         raw, feats, pids, camids = ctx.clustering_features(self.net)
-        labels = dbscan_jaccard(feats, eps=opts.eps, min_samples=opts.min_samples, k1=ctx.k1, k2=ctx.k2)
+        labels = ctx.dist.on_main(dbscan_jaccard, feats, eps=opts.eps, min_samples=opts.min_samples, k1=ctx.k1, k2=ctx.k2)
         self._features, self._camids = l2_normalize(raw), camids
         record = {**{f"ice_{k}": v for k, v in label_stats(labels, camids).items()},
                   "ice_outliers": int((labels < 0).sum()),
@@ -249,14 +248,14 @@ class Trainer:
 
     def train_step(self, images, targets, camids, centers, cam_proxies, proxy_labels):
         """One ICE iteration: the losses of the online encoder, an optimizer step, the EMA update."""
-        opts, device = self.opts, self.ctx.device
+        opts, device, dist = self.opts, self.ctx.device, self.ctx.dist
         strong, weak, strong2 = (v.to(device) for v in images)
         self.online.train()
         self.net.train()
-        f = torch.nn.functional.normalize(self.online(strong, camids=camids), dim=1)
+        f = torch.nn.functional.normalize(dist.forward(self.online, strong, camids=camids), dim=1)
         with torch.no_grad():
-            m2 = torch.nn.functional.normalize(self.net(strong2, camids=camids), dim=1)
-            mw = torch.nn.functional.normalize(self.net(weak, camids=camids), dim=1)
+            m2 = torch.nn.functional.normalize(dist.forward(self.net, strong2, camids=camids), dim=1)
+            mw = torch.nn.functional.normalize(dist.forward(self.net, weak, camids=camids), dim=1)
         parts = {"agnostic": proxy_agnostic_loss(f, centers, targets, tau=opts.tau_agnostic,
                                                  label_smoothing=opts.label_smoothing)}
         if opts.memory == "aware":
@@ -267,6 +266,7 @@ class Trainer:
         loss = sum(parts.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(self.online)
         self.optimizer.step()
         ema_update(self.net, self.online, opts.ema)
         return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from timm_reid import distributed
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
 from timm_reid.train.config import PROG, check_args, model_option_names, parse_args, save_config
 from timm_reid.train.context import Context, OptimOptions
@@ -36,16 +37,25 @@ RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "last.pth", "interrupted
 
 
 def main(args):
-    """Run (or resume) a training run; returns the final metrics dict (also in final_metrics.json)."""
+    """Run (or resume) a training run; returns the final metrics dict (also in final_metrics.json).
+
+    Under torchrun every process runs this; they form one process group
+    (:mod:`timm_reid.distributed`) and only rank 0 writes the run directory."""
     args, state = resume_state(args)
     check_args(args)
-    run_dir = prepare_run_dir(args, resuming=state is not None)
-    handler = setup_logging(run_dir)
+    dist = distributed.init(args.device, args.dist_timeout)
     try:
-        return _run(args, state, run_dir)
+        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
+        args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None)
+        handler = setup_logging(args.output) if dist.is_main else None
+        try:
+            return _run(args, state, args.output, dist)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        distributed.shutdown(dist)
 
 
 def resume_state(args):
@@ -58,7 +68,7 @@ def resume_state(args):
         raise FileNotFoundError(f"--resume {args.resume}: no last.pth there; is it a run directory?")
     state = load_checkpoint(path)
     stored = type(args)(**{**vars(args), **state["args"]})  # options added since the checkpoint: defaults
-    for key in ("threads", "workers", "no_progress", "no_plots", "device"):
+    for key in ("threads", "workers", "no_progress", "no_plots", "device", "dist_timeout"):
         setattr(stored, key, getattr(args, key))
     stored.resume, stored.output = args.resume, args.resume
     return stored, state
@@ -97,20 +107,21 @@ def setup_logging(run_dir):
     return handler
 
 
-def _run(args, state, run_dir):
+def _run(args, state, run_dir, dist):
     start = time.time()
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or max((os.cpu_count() or 1) // dist.world_size, 1))
     seed_everything(args.seed)
     method = get_method(args.method)
-    ctx = build_context(args, run_dir, fresh=state is None)
+    ctx = build_context(args, run_dir, fresh=state is None, dist=dist)
     log.info(ctx.dataset.summary())
     method.check_data(args, ctx.dataset)
     trainer = method.Trainer(ctx, args)
     eval_kw = dict(transform=ctx.test_tf, batch_size=args.test_batch_size, workers=args.workers,
-                   camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras)
+                   camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras, dist=dist)
 
     if state is None:
-        log.info(f"run directory {run_dir}; method {args.method}; evaluating the initial model")
+        log.info(f"run directory {run_dir}; method {args.method}; {dist.world_size} process(es); "
+                 "evaluating the initial model")
         history, pending, position, elapsed = [], {}, trainer.start(), 0.0
         initial = evaluate_splits(trainer.net, ctx.dataset, **eval_kw)
         log.info(f"initial: {format_metrics(initial['test'])}")
@@ -121,6 +132,8 @@ def _run(args, state, run_dir):
         log.info(f"resumed {run_dir} at {trainer.describe(position)}")
 
     def checkpoint(next_position, path="last.pth"):
+        if not dist.is_main:
+            return
         atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(), "history": history,
                      "pending": pending, "initial": initial, "next": list(next_position),
                      "elapsed": elapsed + time.time() - start}, os.path.join(run_dir, path))
@@ -136,7 +149,8 @@ def _run(args, state, run_dir):
                     record.update(evaluate_splits(trainer.net, ctx.dataset, **eval_kw))
                 log.info(f"round {finished}/{trainer.num_rounds}: {format_record(record)}")
                 history.append(record)
-                write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
+                if dist.is_main:
+                    write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
                 pending = {}
             checkpoint(position)
     except KeyboardInterrupt:
@@ -144,16 +158,24 @@ def _run(args, state, run_dir):
         log.info(f"interrupted: weights saved to {run_dir}/interrupted.pth; continue with --resume {run_dir} "
                  "(restarts the interrupted step from last.pth)")
         raise
-    return finish(args, run_dir, trainer, ctx, history=history, initial=initial,
-                  wall=elapsed + time.time() - start, eval_kw=eval_kw)
+    result = finish(args, run_dir, trainer, ctx, history=history, initial=initial,
+                    wall=elapsed + time.time() - start, eval_kw=eval_kw)
+    dist.barrier()  # the other ranks wait until rank 0 has written the outputs
+    return result
 
 
 def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
-    """Final evaluation and the run's outputs: final.pth, backbone.safetensors, final_metrics.json, plots."""
+    """Final evaluation and the run's outputs: final.pth, backbone.safetensors, final_metrics.json,
+    plots (written by rank 0 only; every rank returns the metrics)."""
     from timm_reid.backbone import BACKBONE_FILE, save_backbone
 
     final = evaluate_splits(trainer.net, ctx.dataset, **eval_kw, keep_features=not args.no_plots)
     features = final.pop("_features", None)
+    result = {"initial": summary(initial), "final": summary(final), "method": args.method,
+              "rounds": trainer.num_rounds, **trainer.summary(), "world_size": ctx.dist.world_size,
+              "wall_time_s": round(wall, 1)}
+    if not ctx.dist.is_main:
+        return result
     if history:
         history[-1].update({k: v for k, v in final.items()})
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
@@ -162,8 +184,6 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
     save_backbone(trainer.net.backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
                   input_size=(args.height, args.width),
                   extra={"method": args.method, "seed": args.seed, "dataset": args.dataset or "synthetic"})
-    result = {"initial": summary(initial), "final": summary(final), "method": args.method,
-              "rounds": trainer.num_rounds, **trainer.summary(), "wall_time_s": round(wall, 1)}
     write_json(result, os.path.join(run_dir, "final_metrics.json"))
     if not args.no_plots:
         write_plots(run_dir, history=history, initial=initial, final=final, features=features)
@@ -173,25 +193,30 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
 
 # ------------------------------------------------------------------------------------------------ setup
 
-def build_context(args, run_dir, *, fresh):
+def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
     """Data, transforms and the network factory of a run (initial weights only for a fresh run:
     a resumed one loads its checkpoint over them)."""
-    dataset = load_data(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
-                        num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
-                        num_cameras=args.synthetic_cameras,
-                        style_strength=args.style_strength, height=args.height, width=args.width)
+    data_kw = dict(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
+                   num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
+                   num_cameras=args.synthetic_cameras,
+                   style_strength=args.style_strength, height=args.height, width=args.width)
+    dataset = load_data(**data_kw) if dist.is_main else None  # rank 0 generates synthetic data once
+    dist.barrier()
+    dataset = dataset or load_data(**data_kw)
     train_tf, test_tf = build_transforms(args.height, args.width, pad=args.pad, random_erasing=args.random_erasing)
     optim = OptimOptions(opt=args.opt, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
                          weight_decay=args.weight_decay, momentum=args.momentum)
 
     def make_net():
-        return build_net_from_args(args, dataset.num_cameras, initial_weights=fresh)
+        net = dist.attach(build_net_from_args(args, dataset.num_cameras, initial_weights=fresh), args.device)
+        dist.broadcast_module(net)
+        return net
 
     return Context(dataset=dataset, num_cameras=dataset.num_cameras, train_tf=train_tf, test_tf=test_tf,
                    device=args.device, workers=args.workers, test_batch_size=args.test_batch_size,
-                   progress=not args.no_progress, seed=args.seed, center=args.center_features, k1=args.k1,
+                   progress=not args.no_progress and dist.is_main, seed=args.seed, center=args.center_features, k1=args.k1,
                    k2=args.k2, lambda_value=args.lambda_value, batch_size=args.batch_size,
-                   num_instances=args.num_instances, optim=optim, make_net=make_net)
+                   num_instances=args.num_instances, optim=optim, make_net=make_net, dist=dist)
 
 
 def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identities, num_cameras, style_strength,
@@ -263,14 +288,14 @@ def evaluate_splits(net, dataset, *, keep_features=False, **kw):
 
 
 def evaluate_records(net, query, gallery, *, transform, batch_size, workers, camera_aggregate, num_cameras,
-                     keep_features=False):
+                     keep_features=False, dist=distributed.LOCAL):
     """mAP, CMC ranks, mINP and the same-camera top-1 share (fractions in [0, 1])."""
     from timm_reid.evaluation import evaluate
 
     records = list(query) + ([] if gallery is query else list(gallery))
     feats, pids, camids = extract(net, records, transform=transform, batch_size=batch_size,
                                          workers=workers, normalize=True, camera_aggregate=camera_aggregate,
-                                         num_cameras=num_cameras)
+                                         num_cameras=num_cameras, dist=dist)
     nq = len(query)
     qf, qp, qc = feats[:nq], pids[:nq], camids[:nq]
     gf, gp, gc = (qf, qp, qc) if gallery is query else (feats[nq:], pids[nq:], camids[nq:])
