@@ -112,6 +112,12 @@ def _add_model_arguments(parser):
                    help="load timm's pretrained weights (hub download)")
     g.add_argument("--checkpoint-path", default=None, metavar="FILE",
                    help="initial backbone weights from a file (.pth or .safetensors, e.g. a run's backbone.safetensors)")
+    g.add_argument("--init", default=None, choices=("isr", "supervised-source"),
+                   help="start from a backbone pretrained here without downloads: ISR on synthetic street "
+                        "video, or supervised on a synthetic source world; made once into --init-cache "
+                        "(minutes), then reused")
+    g.add_argument("--init-cache", default=os.path.join("runs", "pretrained"), metavar="DIR",
+                   help="--init: where the pretrained starting points are kept")
     g.add_argument("--aibn", default=[], type=int, nargs="*", help="stages (from 1) whose norms become AIBN")
     g.add_argument("--tnorm", default=[], type=int, nargs="*", help="stages (from 1) followed by a TNorm")
     g.add_argument("--aibn-mix", default="var", choices=("var", "std"),
@@ -268,8 +274,10 @@ def check_args(args):
         raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {args.eval_every}")
-    if args.pretrained and args.checkpoint_path:
-        raise ConfigError("give either --pretrained (timm hub weights) or --checkpoint-path FILE, not both")
+    given = [flag for flag, on in (("--pretrained", args.pretrained), ("--checkpoint-path", args.checkpoint_path),
+                                   ("--init", args.init)) if on]
+    if len(given) > 1 and args.resume is None:
+        raise ConfigError(f"give one source of initial weights, not {' and '.join(given)}")
     if args.dataset not in (None, "synthetic") and args.root is None:
         raise ConfigError(f"--dataset {args.dataset} needs --root DIR, the folder that holds the dataset")
     get_method(args.method).check(args)

@@ -49,6 +49,12 @@ def main(args):
         args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None)
         handler = setup_logging(args.output) if dist.is_main else None
         try:
+            if state is None and args.init:
+                from timm_reid.train.starting_points import resolve_init
+
+                args.checkpoint_path = resolve_init(args, dist)
+                if dist.is_main:
+                    save_config(args, os.path.join(args.output, "config.yaml"))
             return _run(args, state, args.output, dist)
         finally:
             if handler is not None:

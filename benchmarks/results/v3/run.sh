@@ -33,12 +33,12 @@ for s in 0 1 2; do
 done
 python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --method ice --rounds 4 --init supervised="$PRE/backbone.safetensors" --rows entry --seeds 0 1 2
+python benchmarks/study_v3.py --method ice --rounds 4 --init isr="$ISR/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --init random --rows entry --seeds 0 1 2
-python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
-# after the ISR rows (blend ahead of plain 3/3 at 4 rounds): longer schedule, no centring, ICE, placement
-python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
-python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --centre 0 --seeds 0 1 2
-python benchmarks/study_v3.py --method ice --rounds 4 --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --seeds 0 1 2
 python benchmarks/study_v3.py --method ice --rounds 8 --init random --rows demo-preset --seeds 1 2 0   # the ICE demo
+# longer schedules of the main rows (blend ahead of plain 3/3 at 4 rounds from ISR)
+python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
+python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
+python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --centre 0 --seeds 0 1 2
 python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows placement --seeds 0 1 2
 python benchmarks/study_v3.py --report
