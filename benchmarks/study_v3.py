@@ -35,6 +35,10 @@ ROWS = {
     "plain": PLAIN,
     "aibn34-replace": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace"],
     "aibn34-blend": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "blend"],
+    # the entry that keeps the most zero-shot mAP among the replacements (benchmarks/entry.py): gate 1 (BN
+    # statistics over positions) calibrated on 256 unlabeled training images, affine refitted
+    "aibn34-replace-g1-cal": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace", "--aibn-gate-init", "1",
+                                      "--calibrate-aibn", "256", "--calibrate-aibn-affine"],
     # AIBN placement (blend entry)
     "aibn12-blend": PLAIN + ["--aibn", "1", "2", "--aibn-entry", "blend"],
     "aibn1234-blend": PLAIN + ["--aibn", "1", "2", "3", "4", "--aibn-entry", "blend"],
@@ -126,23 +130,26 @@ def _relative(arg):
 
 
 def entry_table(results):
-    """Zero-shot mAP right after patching (``benchmarks/entry.py`` output, one file per seed)."""
+    """Zero-shot mAP right after patching (``benchmarks/entry.py`` output, one file per init and seed:
+    ``entry-seed<S>.jsonl`` from the supervised backbone, ``entry-<init>-seed<S>.jsonl`` from others)."""
     by_variant = {}
     for name in sorted(os.listdir(results)):
-        if name.startswith("entry-seed") and name.endswith(".jsonl"):
-            with open(os.path.join(results, name)) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            base = next((r["mAP"] for r in rows if r["variant"] == "unpatched"), None)
-            if base is None:  # still being written
-                continue
-            for r in rows:
-                by_variant.setdefault(r["variant"], []).append((r["mAP"], r["rank1"], 100 * r["mAP"] / base,
-                                                               r["max_abs_diff"]))
-    lines = ["| variant (AIBN 3-4) | seeds | zero-shot mAP | rank-1 | % of unpatched mAP | max feature diff |",
-             "|---|---|---|---|---|---|"]
-    for variant, values in by_variant.items():
+        if not (name.startswith("entry-") and name.endswith(".jsonl")):
+            continue
+        init = name[len("entry-"):].rsplit("seed", 1)[0].rstrip("-") or "supervised"
+        with open(os.path.join(results, name)) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        base = next((r["mAP"] for r in rows if r["variant"] == "unpatched"), None)
+        if base is None:  # still being written
+            continue
+        for r in rows:
+            by_variant.setdefault((init, r["variant"]), []).append((r["mAP"], r["rank1"], 100 * r["mAP"] / base,
+                                                                    r["max_abs_diff"]))
+    lines = ["| init | variant (AIBN 3-4) | seeds | zero-shot mAP | rank-1 | % of unpatched mAP | max feature diff |",
+             "|---|---|---|---|---|---|---|"]
+    for (init, variant), values in sorted(by_variant.items(), key=lambda kv: kv[0][0] != "supervised"):
         cols = list(zip(*values))
-        lines.append(f"| {variant} | {len(values)} | {_ms(cols[0])} | {_ms(cols[1])} | {_ms(cols[2])} | "
+        lines.append(f"| {init} | {variant} | {len(values)} | {_ms(cols[0])} | {_ms(cols[1])} | {_ms(cols[2])} | "
                      f"{max(cols[3]):.3g} |")
     return "\n".join(lines) + "\n"
 

@@ -33,3 +33,23 @@ def test_init_isr_pretrains_once_then_reuses_the_cached_backbone(tmp_path, monke
 def test_init_refuses_a_second_source_of_weights(tmp_path):
     with pytest.raises(ConfigError, match="one source of initial weights"):
         main(parse_args(tiny_argv(tmp_path / "run", "--init", "isr", "--checkpoint-path", "x.safetensors")))
+
+
+def test_calibrate_aibn_sets_the_statistics_before_the_first_evaluation(tmp_path):
+    import torch
+
+    argv = [*SYNTHETIC, "--root", str(tmp_path / "data"), "--rounds", "1", "--stages", "intra", "--intra-epochs", "0"]
+    patched = ["--aibn", "3", "4", "--aibn-entry", "replace", "--aibn-gate-init", "1"]
+    plain = main(parse_args(tiny_argv(tmp_path / "plain", *argv, *patched)))
+    calibrated = main(parse_args(tiny_argv(tmp_path / "cal", *argv, *patched, "--calibrate-aibn", "40",
+                                           "--calibrate-aibn-affine")))
+    assert "AIBN calibrated on 40 training images (statistics and affine)" in (tmp_path / "cal" / "log.txt").read_text()
+    assert calibrated["initial"]["mAP"] != plain["initial"]["mAP"]
+    state = torch.load(tmp_path / "cal" / "final.pth", weights_only=True)["model"]
+    means = [v for k, v in state.items() if k.endswith("running_mean") and "stages.2" in k]
+    assert means and all(v.abs().sum() > 0 for v in means)  # LayerNorm had none: calibrated, not zeros
+
+
+def test_calibrate_aibn_needs_aibn_layers(tmp_path):
+    with pytest.raises(ConfigError, match="needs AIBN layers"):
+        main(parse_args(tiny_argv(tmp_path / "run", *SYNTHETIC, "--calibrate-aibn", "8")))

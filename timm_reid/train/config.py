@@ -129,6 +129,14 @@ def _add_model_arguments(parser):
     g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"),
                    help="TNorm: IIDS style transform or per-camera normalization (Qureshi & Dehghani)")
     g.add_argument("--last-stride", default=None, type=int, help="stride of the last stage (ReID: 1); None keeps it")
+    g = parser.add_argument_group("AIBN calibration (before training)")
+    g.add_argument("--calibrate-aibn", default=0, type=int, metavar="N",
+                   help="before training, set the AIBN running statistics to those of N training images (no "
+                        "labels; timm_reid.layers.calibrate_aibn), so that the first evaluation and clustering "
+                        "see calibrated AIBN layers; 0: off")
+    g.add_argument("--calibrate-aibn-affine", default=False, action=argparse.BooleanOptionalAction,
+                   help="with --calibrate-aibn: also refit each AIBN affine to match the unpatched norm's "
+                        "output (least squares per channel)")
 
 
 def _add_training_arguments(parser):
@@ -270,6 +278,12 @@ def check_args(args):
         raise ConfigError(f"--lambda-value must lie in [0, 1], got {args.lambda_value}")
     if not 0 <= args.random_erasing <= 1:
         raise ConfigError(f"--random-erasing must be a probability in [0, 1], got {args.random_erasing}")
+    if args.calibrate_aibn < 0:
+        raise ConfigError(f"--calibrate-aibn must be >= 0 images, got {args.calibrate_aibn}")
+    if args.calibrate_aibn and not args.aibn:
+        raise ConfigError("--calibrate-aibn needs AIBN layers: add --aibn STAGE ...")
+    if args.calibrate_aibn_affine and not args.calibrate_aibn:
+        raise ConfigError("--calibrate-aibn-affine refits during calibration: give --calibrate-aibn N too")
     if not args.dist_timeout > 0:
         raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.eval_every < 0:

@@ -214,7 +214,10 @@ def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
                          weight_decay=args.weight_decay, momentum=args.momentum)
 
     def make_net():
-        net = dist.attach(build_net_from_args(args, dataset.num_cameras, initial_weights=fresh), args.device)
+        net = build_net_from_args(args, dataset.num_cameras, initial_weights=fresh)
+        if fresh and args.calibrate_aibn:
+            calibrate_initial_aibn(net, args, dataset, test_tf)
+        net = dist.attach(net, args.device)
         dist.broadcast_module(net)
         return net
 
@@ -276,6 +279,27 @@ def build_net_from_args(args, num_cameras, *, initial_weights=True):
                             pretrained=args.pretrained and initial_weights,
                             checkpoint_path=args.checkpoint_path if initial_weights else None, num_classes=0)
     return ReIDNet(backbone).to(args.device)
+
+
+def calibrate_initial_aibn(net, args, dataset, transform):
+    """``--calibrate-aibn N``: AIBN running statistics from N training images drawn with the run's
+    seed (by their own generator; every step reseeds the run's streams anyway); with
+    ``--calibrate-aibn-affine`` also each AIBN affine fitted to the unpatched norm it replaced."""
+    from torch.utils.data import DataLoader
+
+    from timm_reid.data import ImageDataset
+    from timm_reid.layers import calibrate_aibn
+
+    g = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(dataset.train), generator=g)[:args.calibrate_aibn].tolist()
+    loader = DataLoader(ImageDataset([dataset.train[i] for i in order], transform), batch_size=args.test_batch_size)
+    batches = [(images.to(args.device), camids.to(args.device)) for images, _, camids, _ in loader]
+    reference = None
+    if args.calibrate_aibn_affine:
+        unpatched = type(args)(**{**vars(args), "aibn": []})
+        reference = build_net_from_args(unpatched, dataset.num_cameras).backbone
+    seen = calibrate_aibn(net.backbone, batches, reference=reference)
+    log.info(f"AIBN calibrated on {seen} training images" + (" (statistics and affine)" if reference else ""))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

@@ -35,7 +35,11 @@ python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows entr
 python benchmarks/study_v3.py --method ice --rounds 4 --init supervised="$PRE/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --method ice --rounds 4 --init isr="$ISR/backbone.safetensors" --rows entry --seeds 0 1 2
 python benchmarks/study_v3.py --init random --rows entry --seeds 0 1 2
+python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows aibn34-replace-g1-cal --seeds 0 1 2
+python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows aibn34-replace-g1-cal --seeds 0 1 2
 python benchmarks/study_v3.py --method ice --rounds 8 --init random --rows demo-preset --seeds 1 2 0   # the ICE demo
+python benchmarks/study_v3.py --init random --rows demo-v3 --rounds 8 --seeds 2   # the IICS demo, third seed
+python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows demo-v3 --rounds 8 --seeds 0 1 2   # = train --init isr
 # longer schedules of the main rows (blend ahead of plain 3/3 at 4 rounds from ISR)
 python benchmarks/study_v3.py --init isr="$ISR/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
 python benchmarks/study_v3.py --init supervised="$PRE/backbone.safetensors" --rows plain aibn34-blend --rounds 8 --seeds 0 1 2
