@@ -39,6 +39,9 @@ ROWS = {
     # statistics over positions) calibrated on 256 unlabeled training images, affine refitted
     "aibn34-replace-g1-cal": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace", "--aibn-gate-init", "1",
                                       "--calibrate-aibn", "256", "--calibrate-aibn-affine"],
+    # the papers' replacement (gate 0.1) with running statistics calibrated on 256 unlabeled training
+    # images: on resnet10t it raises zero-shot mAP (benchmarks/entry.py)
+    "aibn34-replace-cal": PLAIN + ["--aibn", "3", "4", "--aibn-entry", "replace", "--calibrate-aibn", "256"],
     # AIBN placement (blend entry)
     "aibn12-blend": PLAIN + ["--aibn", "1", "2", "--aibn-entry", "blend"],
     "aibn1234-blend": PLAIN + ["--aibn", "1", "2", "3", "4", "--aibn-entry", "blend"],
@@ -69,14 +72,16 @@ GROUPS = {
 METHODS = {"iics": ("demo", OLD_DEMO, "--rounds"), "ice": ("ice-demo", [], "--epochs")}
 
 
-def run_dir(results, method, init, row, seed, rounds, centre):
-    prefix = "" if method == "iics" else f"{method}-"  # IICS run names predate --method
+def run_dir(results, method, init, row, seed, rounds, centre, model="convnext_atto"):
+    prefix = "" if method == "iics" else f"{method}-"  # IICS convnext_atto run names predate --method
+    prefix += "" if model == "convnext_atto" else f"{model}-"
     return os.path.join(results, "runs", f"{prefix}{init}-{row}-r{rounds}-{'c' if centre else 'nc'}-s{seed}")
 
 
-def argv_for(results, method, init_path, row, seed, rounds, centre, out):
+def argv_for(results, method, init_path, row, seed, rounds, centre, out, model="convnext_atto"):
     preset, pinned, schedule = METHODS[method]
     argv = [sys.executable, "-m", "timm_reid.train", "--preset", preset, *pinned, *ROWS[row],
+            *([] if model == "convnext_atto" else ["--model", model]),
             schedule, str(rounds), "--seed", str(seed), "--root", os.path.join(results, f"data-seed{seed}"),
             "--output", out, "--threads", "1", "--no-progress", "--no-plots"]
     if init_path:
@@ -96,17 +101,17 @@ def run_all(args):
         for init, path in inits.items():
             for row in rows:
                 for centre in args.centre:
-                    out = run_dir(args.results, args.method, init, row, seed, args.rounds, centre)
+                    out = run_dir(args.results, args.method, init, row, seed, args.rounds, centre, args.model)
                     if _relative(out) in done:
                         continue
-                    argv = argv_for(args.results, args.method, path, row, seed, args.rounds, centre, out)
+                    argv = argv_for(args.results, args.method, path, row, seed, args.rounds, centre, out, args.model)
                     if not os.path.isfile(os.path.join(out, "final_metrics.json")):  # else: finished, unrecorded
                         print("running", " ".join(argv[1:]), flush=True)
                         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
                     with open(os.path.join(out, "final_metrics.json")) as f:
                         result = json.load(f)
-                    record = {"method": args.method, "init": init, "init_path": _relative(path), "row": row, "seed": seed,
+                    record = {"method": args.method, "model": args.model, "init": init, "init_path": _relative(path), "row": row, "seed": seed,
                               "rounds": args.rounds, "centre": centre, "output": _relative(out),
                               "argv": ["python", *map(_relative, argv[1:])], "seconds": result["wall_time_s"],
                               "initial": result["initial"], "final": result["final"]}
@@ -159,19 +164,19 @@ def report(results):
         records = [json.loads(line) for line in f if line.strip()]
     cells = {}
     for r in records:
-        cells.setdefault((r.get("method", "iics"), r["init"], r["rounds"], r["centre"], r["row"]), {})[r["seed"]] = r
-    lines = ["| method | init | rounds (ICE: epochs) | centring | row | seeds | initial mAP | final mAP | final rank-1 | Δ final vs plain (paired) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for (method, init, rounds, centre, row), by_seed in sorted(cells.items()):
+        cells.setdefault((r.get("method", "iics"), r.get("model", "convnext_atto"), r["init"], r["rounds"], r["centre"], r["row"]), {})[r["seed"]] = r
+    lines = ["| method | model | init | rounds (ICE: epochs) | centring | row | seeds | initial mAP | final mAP | final rank-1 | Δ final vs plain (paired) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, model, init, rounds, centre, row), by_seed in sorted(cells.items()):
         seeds = sorted(by_seed)
         ini = [100 * by_seed[s]["initial"]["mAP"] for s in seeds]
         fin = [100 * by_seed[s]["final"]["mAP"] for s in seeds]
         r1 = [100 * by_seed[s]["final"]["rank1"] for s in seeds]
-        plain = cells.get((method, init, rounds, centre, "plain"), {})
+        plain = cells.get((method, model, init, rounds, centre, "plain"), {})
         deltas = [100 * (by_seed[s]["final"]["mAP"] - plain[s]["final"]["mAP"]) for s in seeds if s in plain]
         delta = "" if row == "plain" or not deltas else (
             f"{_ms(deltas)} ({sum(d > 0 for d in deltas)}/{len(deltas)} > 0)")
-        lines.append(f"| {method} | {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
+        lines.append(f"| {method} | {model} | {init} | {rounds} | {'yes' if centre else 'no'} | {row} | {len(seeds)} | {_ms(ini)} | "
                      f"{_ms(fin)} | {_ms(r1)} | {delta} |")
     text = ("## Zero-shot right after patching\n\n" + entry_table(results) + "\n## After training\n\n"
             + "\n".join(lines) + "\n")
@@ -193,6 +198,7 @@ def main():
     p.add_argument("--rows", nargs="+", default=["entry"], help=f"row names or groups {sorted(GROUPS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--method", choices=sorted(METHODS), default="iics")
+    p.add_argument("--model", default="convnext_atto", help="timm model (the init backbone must be of this model)")
     p.add_argument("--rounds", type=int, default=4, help="IICS rounds, or ICE epochs")
     p.add_argument("--centre", nargs="+", type=int, default=[1], help="1: per-camera centring, 0: none")
     p.add_argument("--report", action="store_true")
