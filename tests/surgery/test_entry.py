@@ -186,3 +186,16 @@ def test_blend_is_the_default_and_its_gates_learn_once_the_blend_has_moved():
     model.zero_grad()
     output_tensor(model(x)).square().mean().backward()
     assert any(m.gate.grad is not None and m.gate.grad.abs().item() > 0 for m in layers)
+
+
+@pytest.mark.parametrize("name", ["resnet", "convnext-nchw"])
+def test_blend_trains_through_several_forwards_before_one_backward(name):
+    """The IICS intra stage forwards each camera's images, then takes one backward: a BatchNorm base
+    must not save running buffers that the next forward's statistics update modifies in place."""
+    model = patch(_trained_like(name), aibn=[3, 4], entry="blend").train()
+    for m in model.modules():
+        if isinstance(m, BlendedAIBN):
+            m.blend.data.fill_(0.2)
+    loss = sum(output_tensor(model(images(4))).square().mean() for _ in range(3))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -61,9 +61,12 @@ class BlendedAIBN(AIBN):
 
     def _base(self, x: Tensor) -> Tensor:
         if self.base == "batchnorm":
-            # momentum 0: the running statistics are the AIBN branch's to update (once per forward).
+            # Training: batch statistics, with no running buffers passed, so that this branch writes
+            # none (the AIBN branch updates them once per forward, and has saved them for its backward).
+            if self.training:
+                return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                training=self.training, momentum=0.0, eps=self.eps)
+                                training=False, eps=self.eps)
         if self.channels_last:
             return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
         # As timm/torchvision LayerNorm2d: to NHWC, normalise over channels, back.
