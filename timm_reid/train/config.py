@@ -19,6 +19,7 @@ import yaml
 from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import METHODS, get_method
+from timm_reid.train.starting_points import STARTING_POINTS
 
 PRESETS = ("demo", "iics", "iids", "ice", "ice-demo")
 # Preset used when none is given: (without --dataset: synthetic data, with --dataset).
@@ -112,7 +113,7 @@ def _add_model_arguments(parser):
                    help="load timm's pretrained weights (hub download)")
     g.add_argument("--checkpoint-path", default=None, metavar="FILE",
                    help="initial backbone weights from a file (.pth or .safetensors, e.g. a run's backbone.safetensors)")
-    g.add_argument("--init", default=None, choices=("isr", "supervised-source"),
+    g.add_argument("--init", default=None, choices=tuple(STARTING_POINTS),
                    help="start from a backbone pretrained here without downloads: ISR on synthetic street "
                         "video, or supervised on a synthetic source world; made once into --init-cache "
                         "(minutes), then reused")
@@ -250,8 +251,9 @@ def _refuse_flags_ignored_by_resume(argv, first):
     if given:
         flags = ", ".join("--" + g.replace("_", "-") for g in given)
         raise ConfigError(f"--resume {first.resume} continues the run with the options stored in it, so these "
-                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, --dist-timeout, "
-                          "--no-progress and --no-plots may change on resume), or start a new run with --output.")
+                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, "
+                          "--dist-timeout, --no-progress and --no-plots may change on resume), or start a new run "
+                          "with --output.")
 
 
 def save_config(args, path):

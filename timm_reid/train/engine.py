@@ -67,9 +67,10 @@ def run_intra_stage(net, train, *, ctx, opts, seed, desc="intra"):
     t0 = time.time()
     raw, feats, pids, camids = ctx.clustering_features(net, train)
     t1 = time.time()
-    result = ctx.dist.on_main(cluster_intra_camera, feats, camids, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
-                                  rerank=opts.rerank, drop_singletons=opts.drop_singletons,
-                                  **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
+    result = ctx.dist.on_main(cluster_intra_camera, feats, camids, k1=ctx.k1, k2=ctx.k2,
+                              lambda_value=ctx.lambda_value, rerank=opts.rerank,
+                              drop_singletons=opts.drop_singletons,
+                              **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
     labels = result.labels.numpy()
     sizes = [result.counts.get(c, 0) for c in range(ctx.num_cameras)]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -180,10 +181,10 @@ def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"
     t1 = time.time()
     use_jaccard = mu > 0 and len(net.heads) == ctx.num_cameras and ctx.num_cameras > 1
     scores = head_scores(net, raw) if use_jaccard else np.zeros((len(raw), 1), np.float32)
-    labels = ctx.dist.on_main(cluster_inter_camera, feats, scores, camids, mu=mu if use_jaccard else 0.0, k1=ctx.k1, k2=ctx.k2,
-                                  lambda_value=ctx.lambda_value, rerank=opts.rerank,
-                                  drop_singletons=opts.drop_singletons,
-                                  **_clustering_target(n_clusters, opts.inter_threshold_quantile)).numpy()
+    labels = ctx.dist.on_main(cluster_inter_camera, feats, scores, camids, mu=mu if use_jaccard else 0.0,
+                              k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value, rerank=opts.rerank,
+                              drop_singletons=opts.drop_singletons,
+                              **_clustering_target(n_clusters, opts.inter_threshold_quantile)).numpy()
     record = {"inter_mu": mu if use_jaccard else 0.0,
               **{f"inter_{k}": v for k, v in label_stats(labels, camids).items()},
               **{f"inter_{k}": v for k, v in cluster_quality(pids, labels).items()}}

@@ -17,7 +17,9 @@ def extract(net, records, *, transform, batch_size, workers, normalize=True, cam
     feats, pids, camids = extract_features(net, loader, flip=True, normalize=normalize,
                                            camera_aggregate=camera_aggregate, num_cameras=num_cameras,
                                            progress=progress)
-    feats, pids, camids = (dist.gather_rows(t.to(next(net.parameters()).device)).cpu() for t in (feats, pids, camids))
+    if dist.active:  # the collectives need the tensors on the process's device
+        device = next(net.parameters()).device
+        feats, pids, camids = (dist.gather_rows(t.to(device)).cpu() for t in (feats, pids, camids))
     return feats.numpy(), pids.numpy(), camids.numpy()
 
 

@@ -211,7 +211,8 @@ class Trainer:
         """Pseudo labels of the train split from the momentum encoder, and their statistics."""
         ctx, opts = self.ctx, self.opts
         raw, feats, pids, camids = ctx.clustering_features(self.net)
-        labels = ctx.dist.on_main(dbscan_jaccard, feats, eps=opts.eps, min_samples=opts.min_samples, k1=ctx.k1, k2=ctx.k2)
+        labels = ctx.dist.on_main(dbscan_jaccard, feats, eps=opts.eps, min_samples=opts.min_samples,
+                                  k1=ctx.k1, k2=ctx.k2)
         self._features, self._camids = l2_normalize(raw), camids
         record = {**{f"ice_{k}": v for k, v in label_stats(labels, camids).items()},
                   "ice_outliers": int((labels < 0).sum()),

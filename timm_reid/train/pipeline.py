@@ -208,7 +208,8 @@ def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
                    style_strength=args.style_strength, height=args.height, width=args.width)
     dataset = load_data(**data_kw) if dist.is_main else None  # rank 0 generates synthetic data once
     dist.barrier()
-    dataset = dataset or load_data(**data_kw)
+    if dataset is None:
+        dataset = load_data(**data_kw)
     train_tf, test_tf = build_transforms(args.height, args.width, pad=args.pad, random_erasing=args.random_erasing)
     optim = OptimOptions(opt=args.opt, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
                          weight_decay=args.weight_decay, momentum=args.momentum)
@@ -223,7 +224,8 @@ def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
 
     return Context(dataset=dataset, num_cameras=dataset.num_cameras, train_tf=train_tf, test_tf=test_tf,
                    device=args.device, workers=args.workers, test_batch_size=args.test_batch_size,
-                   progress=not args.no_progress and dist.is_main, seed=args.seed, center=args.center_features, k1=args.k1,
+                   progress=not args.no_progress and dist.is_main, seed=args.seed, center=args.center_features,
+                   k1=args.k1,
                    k2=args.k2, lambda_value=args.lambda_value, batch_size=args.batch_size,
                    num_instances=args.num_instances, optim=optim, make_net=make_net, dist=dist)
 
