@@ -55,3 +55,66 @@ def test_damaged_and_foreign_files_are_refused_by_name(tmp_path):
         timm_reid.load_backbone(str(tmp_path / "plain.safetensors"))
     with pytest.raises(FileNotFoundError, match="without backbone.safetensors"):
         timm_reid.load_backbone(str(tmp_path))
+
+
+def _with_record(tmp_path, edit, *, raw=None):
+    """A valid backbone file whose metadata record is then changed by ``edit`` (or replaced by ``raw``)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = str(tmp_path / "edited.safetensors")
+    timm_reid.save_backbone(_model(aibn=[4]), path, model_name="resnet10t", input_size=(64, 32))
+    tensors = load_file(path)
+    from timm_reid.backbone import read_backbone_metadata
+
+    record = read_backbone_metadata(path)
+    if edit is not None:
+        edit(record, tensors)
+    save_file(tensors, path, metadata={"timm_reid": raw if raw is not None else json.dumps(record)})
+    return path
+
+
+@pytest.mark.parametrize("key, value", [
+    ("pretrained", True),  # would download
+    ("checkpoint_path", "/etc/passwd"),  # would open another file
+    ("pretrained_cfg_overlay", {"file": "/tmp/other.pth"}),
+])
+def test_metadata_cannot_steer_timm_to_the_network_or_other_files(tmp_path, monkeypatch, key, value):
+    import timm
+
+    path = _with_record(tmp_path, lambda record, _: record["timm_kwargs"].update({key: value}))
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: calls.append(k))
+    with pytest.raises(ValueError, match=f"edited.safetensors.*timm_kwargs '{key}' is not allowed"):
+        timm_reid.load_backbone(path)
+    assert calls == []  # refused before timm was asked anything
+
+
+@pytest.mark.parametrize("model_name", ["hf-hub:someone/model", "local-dir:/tmp/x", "no_such_model", 3])
+def test_metadata_model_names_must_be_local_timm_names(tmp_path, model_name):
+    path = _with_record(tmp_path, lambda record, _: record.update(model_name=model_name))
+    with pytest.raises(ValueError, match="edited.safetensors.*is not a timm model name"):
+        timm_reid.load_backbone(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (dict(raw="{not json"), "metadata is not valid JSON"),
+    (dict(edit=lambda r, _: r.pop("patch")), "missing patch"),
+    (dict(edit=lambda r, _: r.update(input_size="64x32")), "input_size '64x32' must be"),
+    (dict(edit=lambda r, _: r["timm_kwargs"].update(num_classes="0")), "num_classes='0' must be an int"),
+    (dict(edit=lambda r, _: r["patch"].update(aibn="4")), "invalid patch options"),
+    (dict(edit=lambda r, _: r.update(format_version="1")), "format_version '1' is not a positive int"),
+    (dict(edit=lambda r, t: t.update({"layer4.0.bn1.weight": torch.zeros(3)})), "does not fit this model"),
+    (dict(edit=lambda r, t: t.pop("layer4.0.bn1.gate")), "missing keys.*layer4.0.bn1.gate"),
+])
+def test_damaged_metadata_or_tensors_give_one_error_naming_the_file(tmp_path, damage, message):
+    path = _with_record(tmp_path, damage.get("edit"), raw=damage.get("raw"))
+    with pytest.raises(ValueError, match=f"edited.safetensors.*{message}"):
+        timm_reid.load_backbone(path)
+
+
+def test_save_backbone_refuses_timm_keywords_it_could_not_load_back(tmp_path):
+    with pytest.raises(ValueError, match="timm_kwargs 'pretrained' is not allowed"):
+        timm_reid.save_backbone(_model(), str(tmp_path / "b.safetensors"), model_name="resnet10t",
+                                input_size=(64, 32), timm_kwargs={"num_classes": 0, "pretrained": True})

@@ -4,7 +4,8 @@ from .evaluation import evaluate, extract_features
 from .backbone import load_backbone, save_backbone
 from .factory import create_model
 from .layers import AIBN, TNorm, cameras
-from .surgery import Description, PatchedLayer, describe, patch
+from .options import OptionsMismatch, PatchOptions
+from .surgery import Description, PatchedLayer, describe, patch, patch_options
 
 __version__ = "0.1.0"
 
@@ -12,7 +13,9 @@ __all__ = [
     "AIBN",
     "TNorm",
     "Description",
+    "OptionsMismatch",
     "PatchedLayer",
+    "PatchOptions",
     "cameras",
     "cluster",
     "create_model",
@@ -24,6 +27,7 @@ __all__ = [
     "layers",
     "load_backbone",
     "patch",
+    "patch_options",
     "save_backbone",
     "__version__",
 ]

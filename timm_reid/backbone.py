@@ -22,13 +22,12 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from .surgery import CONFIG_ATTR
+from ._records import FORMAT_VERSION, METADATA_KEY, check_timm_kwargs, read_record
+from .surgery import patch_options
 
 __all__ = ["save_backbone", "load_backbone", "read_backbone_metadata", "BACKBONE_FILE", "FORMAT_VERSION"]
 
 BACKBONE_FILE = "backbone.safetensors"
-FORMAT_VERSION = 1
-_METADATA_KEY = "timm_reid"
 
 
 def save_backbone(
@@ -46,18 +45,21 @@ def save_backbone(
         model_name: the timm model name it was built from.
         input_size: ``(height, width)`` the backbone was trained at; evaluation uses it by default.
         timm_kwargs: extra ``timm.create_model`` keywords needed to rebuild it (default
-            ``{"num_classes": 0}``, a pooled-feature backbone).
+            ``{"num_classes": 0}``, a pooled-feature backbone); only the shape keywords of
+            ``timm_reid._records.TIMM_KWARGS`` (num_classes, global_pool, in_chans, drop rates).
         extra: JSON-serialisable facts to keep with it (e.g. how it was trained).
 
-    The write is atomic (temporary file + ``os.replace``). Returns ``path``.
+    The write is atomic (temporary file + ``os.replace``) and the file gets the permissions the
+    umask allows, as any file the user writes. Returns ``path``.
     """
     from safetensors.torch import save_file
 
     record = {
         "format_version": FORMAT_VERSION,
         "model_name": str(model_name),
-        "patch": _plain(getattr(model, CONFIG_ATTR, {}) or {}),
-        "timm_kwargs": _plain({"num_classes": 0} if timm_kwargs is None else timm_kwargs),
+        "patch": patch_options(model).to_dict(),
+        "timm_kwargs": _plain(check_timm_kwargs({"num_classes": 0} if timm_kwargs is None else timm_kwargs,
+                                                "save_backbone")),
         "input_size": [int(s) for s in input_size],
         "extra": _plain(extra or {}),
     }
@@ -67,31 +69,15 @@ def save_backbone(
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(record)})
+    save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(record)})
     os.replace(tmp, path)
     return path
 
 
 def read_backbone_metadata(path: str) -> Dict[str, Any]:
-    """The JSON record stored with a backbone file (see the module docstring)."""
-    from safetensors import safe_open
-
-    path = _resolve(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for damaged headers
-        raise ValueError(f"{path} is not a readable timm-reid backbone file (safetensors): {exc}") from None
-    if _METADATA_KEY not in metadata:
-        raise ValueError(
-            f"{path} is a safetensors file without timm-reid metadata; a plain state_dict loads with "
-            "timm_reid.create_model(name, ..., checkpoint_path=path) instead"
-        )
-    record = json.loads(metadata[_METADATA_KEY])
-    if record.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has backbone format {record['format_version']}; this timm-reid reads "
-                         f"up to {FORMAT_VERSION}: upgrade timm-reid")
-    return record
+    """The JSON record stored with a backbone file (see the module docstring), checked: a damaged
+    or foreign record is a ``ValueError`` naming the file."""
+    return read_record(_resolve(path))
 
 
 def load_backbone(path: str, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -103,22 +89,13 @@ def load_backbone(path: str, *, device: str | torch.device = "cpu") -> nn.Module
     The returned model carries the stored record as ``model.timm_reid_backbone`` (its
     ``"input_size"`` is the size to evaluate at).
     """
-    from safetensors.torch import load_file
-
     from .factory import create_model
+    from .options import PatchOptions
 
     path = _resolve(path)
     record = read_backbone_metadata(path)
-    model = create_model(record["model_name"], **record["patch"], **record["timm_kwargs"])
-    try:
-        state_dict = load_file(path, device="cpu")
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable timm-reid backbone file (safetensors): {exc}") from None
-    missing, unexpected = set(model.state_dict()) - set(state_dict), set(state_dict) - set(model.state_dict())
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the model its metadata describes: missing "
-                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    model.load_state_dict(state_dict)
+    options = PatchOptions.from_dict(record["patch"], source=f"{path} (backbone record)")
+    model = create_model(record["model_name"], options, checkpoint_path=path, **record["timm_kwargs"])
     model.timm_reid_backbone = record
     return model.to(device).eval()
 

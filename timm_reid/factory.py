@@ -16,56 +16,50 @@ on a `num_classes=0` model) should go through timm's own pretrained loading inst
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Set
+import warnings
+from typing import Any, Dict, Optional, Set
 
 import timm
-from timm.models import load_state_dict
 from torch import nn
 
-from .surgery import Stages, _check_config, apply_config, warn_if_pretrained_layernorms_replaced
+from ._records import read_weights
+from .layers.blend import BlendedAIBN
+from .options import PatchOptions
+from .surgery import apply_config, patch_options, warn_if_pretrained_layernorms_replaced
 
 __all__ = ["create_model", "load_checkpoint"]
+
+_PATCH_FIELDS = frozenset(PatchOptions.__dataclass_fields__)
 
 
 def create_model(
     model_name: str,
+    options: Optional[PatchOptions] = None,
     *,
-    aibn: Stages = (),
-    tnorm: Stages = (),
-    num_cameras: Optional[int] = None,
-    gate: str = "block",
-    gate_init: float = 0.1,
-    mix: str = "var",
-    tnorm_mode: str = "transform",
-    downsample: bool = True,
-    last_stride: Optional[int] = None,
-    entry: str = "blend",
     pretrained: bool = False,
     checkpoint_path: Optional[str] = None,
-    **timm_kwargs,
+    **kwargs: Any,
 ) -> nn.Module:
     """Create a timm model, patch it, and optionally load a local checkpoint into it.
 
-    The patch keywords are those of `timm_reid.patch` (so `create_model(name, **model.timm_reid_config)`
-    rebuilds a patched model); `pretrained` and the remaining keywords go to `timm.create_model`,
-    whose pretrained weights load before patching. With no patch keyword the model is a plain timm
-    model that still accepts `model(x, camids=...)`, so a baseline runs through the same code.
+    The patch options are a `timm_reid.PatchOptions` or its fields as keywords (those of
+    `timm_reid.patch`, so `create_model(name, **model.timm_reid_config)` rebuilds a patched model);
+    `pretrained` and the remaining keywords go to `timm.create_model`, whose pretrained weights
+    load before patching. With no patch option the model is a plain timm model that still accepts
+    `model(x, camids=...)`, so a baseline runs through the same code.
 
     Args:
         model_name: any timm model name of a supported family (see `timm_reid.patch`), including
             `convnext_iso_*`.
         checkpoint_path: `.pth`/`.pth.tar` (plain state_dict, or a dict holding it under
             "state_dict" or "model") or `.safetensors`, saved from the unpatched or the patched
-            model; loaded after patching.
+            model; loaded after patching. Patch options stored with the weights (a backbone file's
+            record, a timm-reid checkpoint) must fit this model's (`PatchOptions.check_weights_fit`).
     """
-    config = _check_config(
-        aibn=aibn, tnorm=tnorm, num_cameras=num_cameras, gate=gate, gate_init=gate_init, mix=mix,
-        tnorm_mode=tnorm_mode, downsample=downsample, last_stride=last_stride, entry=entry,
-    )
-    model = timm.create_model(model_name, pretrained=pretrained, **timm_kwargs)
+    options = PatchOptions.from_keywords(options, {k: kwargs.pop(k) for k in list(kwargs) if k in _PATCH_FIELDS})
+    model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     unpatched_keys = set(model.state_dict())
-    apply_config(model, config)
+    apply_config(model, options)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, unpatched_keys)
         warn_if_pretrained_layernorms_replaced(model)
@@ -78,13 +72,19 @@ def load_checkpoint(model: nn.Module, checkpoint_path: str, unpatched_keys: Set[
     Args:
         unpatched_keys: `state_dict` keys of the model before `patch()`; they tell which keys the
             patch added (may be missing) and removed (may be present, are dropped).
+
+    Raises:
+        OptionsMismatch: the file stores patch options its weights do not fit this model with.
+        ValueError: unreadable file, keys that fit neither form, shapes that differ.
     """
-    if not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"checkpoint_path={checkpoint_path!r} is not a file")
-    state_dict = load_state_dict(checkpoint_path, use_ema=False)
+    state_dict, stored = read_weights(checkpoint_path)
+    options = patch_options(model)
+    if stored is not None:
+        options.check_weights_fit(stored, checkpoint_path)
     patched_keys = set(model.state_dict())
     added, removed = patched_keys - unpatched_keys, unpatched_keys - patched_keys
-    missing = patched_keys - set(state_dict) - added
+    patched_file = stored is not None and bool(stored.aibn or stored.tnorm)
+    missing = patched_keys - set(state_dict) - (set() if patched_file else added)
     unexpected = set(state_dict) - patched_keys - removed
     if missing or unexpected:
         raise ValueError(
@@ -94,7 +94,36 @@ def load_checkpoint(model: nn.Module, checkpoint_path: str, unpatched_keys: Set[
             "timm_reid_config it was saved with); for an ImageNet checkpoint with another head use "
             "pretrained=True, pretrained_cfg_overlay=dict(file=path)."
         )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in patched_keys}, strict=False)
+    if stored is None:
+        _check_unrecorded_patch(model, state_dict, added, checkpoint_path)
+    try:
+        model.load_state_dict({k: v for k, v in state_dict.items() if k in patched_keys}, strict=False)
+    except RuntimeError as exc:  # shapes that differ (another width, num_cameras, ...)
+        raise ValueError(f"{checkpoint_path} does not fit this model: {str(exc).strip()[:600]}") from None
+
+
+def _check_unrecorded_patch(model: nn.Module, state_dict: Dict[str, Any], added: Set[str], path: str) -> None:
+    """Weights without stored options: tell what their keys show about the patch they were saved with.
+
+    An AIBN gate without a blend weight can only come from `entry="replace"`; loaded into a blended
+    AIBN it would run beside a base norm it was never trained with. Some but not all of the keys the
+    patch adds: the file was saved from a model patched in other stages (loaded, with a warning).
+    """
+    for path_, module in model.named_modules():
+        if isinstance(module, BlendedAIBN) and f"{path_}.gate" in state_dict and f"{path_}.blend" not in state_dict:
+            raise ValueError(
+                f"{path} holds AIBN weights saved with entry='replace' ({path_}.gate without {path_}.blend), "
+                "but this model has entry='blend'; build it with entry='replace' (train/pretrain: "
+                "--aibn-entry replace) to load them"
+            )
+    present = added & set(state_dict)
+    if present and present != added:
+        some = sorted(added - present)[:3]
+        warnings.warn(
+            f"{path} holds {len(present)} of the {len(added)} keys the patch adds (missing e.g. {some}) and no "
+            "stored patch options: it was saved from a model patched differently; the missing ones keep their "
+            "initial values", UserWarning, stacklevel=4,
+        )
 
 
 def _some(keys: Set[str], limit: int = 5) -> str:

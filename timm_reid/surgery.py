@@ -24,78 +24,54 @@ What happens to the model:
   `targets` off the call before timm sees them and hands them to every TNorm of the model through
   one shared `CameraContext`; a forward hook clears it (also when the forward raises).
 - `last_stride=1`: see `_families.unstride_stage4`.
-- The patch configuration is recorded as `model.timm_reid_config` (a dict of `create_model`
-  keywords), so `timm_reid.create_model(name, **model.timm_reid_config)` rebuilds the model.
+- The patch options are recorded as `model.timm_reid_config` (`PatchOptions.to_dict()`, the
+  keywords of `create_model`; `patch_options(model)` gives the `PatchOptions`), so `timm_reid.create_model(name, **model.timm_reid_config)` rebuilds the model.
 
 Modules are swapped in, never changed in behaviour by rebinding `forward`; AIBN and TNorm are not
 `_BatchNorm` subclasses, so timm's BatchNorm converters leave them alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ._families import Family, NormSite, Stage, find_family, norm_sites, stage_channels, unstride_stage4
-from .kernels._contract import MIX_MODES as MIXES
-from .kernels._contract import TNORM_MODES
 from .layers import AIBN, TNorm
 from .layers.blend import BlendedAIBN
 from .layers.cameras import CameraContext
+from .options import ENTRIES, GATES, PatchOptions
 
-__all__ = ["patch", "describe", "Description", "PatchedLayer", "GATES"]
+__all__ = ["patch", "patch_options", "describe", "Description", "PatchedLayer", "PatchOptions", "GATES", "ENTRIES"]
 
-GATES = ("block", "layer", "stage")
-ENTRIES = ("replace", "blend")
 CAMERA_KWARGS = ("camids", "convert", "targets")
 
 CONFIG_ATTR = "timm_reid_config"
 CONTEXT_ATTR = "timm_reid_cameras"
 _CHANGES_ATTR = "_timm_reid_changes"  # module path -> what it was before the patch, for describe()
 
-_AIBN_OPTIONS = ("gate", "gate_init", "mix", "downsample", "entry")
+_AIBN_OPTIONS = ("gate", "gate_init", "mix", "downsample", "entry")  # shared by the stages of two patch() calls
 _TNORM_OPTIONS = ("num_cameras", "tnorm_mode")
 
-Stages = Union[int, Iterable[int]]
-
-
-def patch(
-    model: nn.Module,
-    *,
-    aibn: Stages = (),
-    tnorm: Stages = (),
-    num_cameras: Optional[int] = None,
-    gate: str = "block",
-    gate_init: float = 0.1,
-    mix: str = "var",
-    tnorm_mode: str = "transform",
-    downsample: bool = True,
-    last_stride: Optional[int] = None,
-    entry: str = "blend",
-) -> nn.Module:
+def patch(model: nn.Module, options: Optional[PatchOptions] = None, **keywords: Any) -> nn.Module:
     """Replace norms by AIBN and insert TNorm in the given stages of `model`, in place.
 
     Args:
         model: a supported backbone (timm ConvNeXt/ConvNeXt V2/convnext_iso, timm ResNet family,
             torchvision resnet*/convnext_*, or a timm `features_only=True` wrapper of these).
-        aibn: stages (numbered from 1) whose norms become AIBN.
-        tnorm: stages after whose output a TNorm is inserted.
-        num_cameras: number of cameras D of the TNorm running statistics (required with `tnorm`).
-        gate: AIBN gate sharing: "block" (IICS), "layer" or "stage".
-        gate_init: initial gate value w in [0, 1]; w weights the batch statistics (papers' alpha =
-            1 - w), 0.1 as the IICS reference.
-        mix: AIBN mixing, "var" (IICS) or "std" (Qureshi & Dehghani).
-        tnorm_mode: "transform" (IIDS) or "normalize" (Qureshi & Dehghani).
-        downsample: also replace the downsample norms of the `aibn` stages.
-        last_stride: 1 removes the downsampling of stage 4 (ReID convention, no dilation);
-            None or 2 keep it.
-        entry: how AIBN enters: "replace" (the papers: AIBN replaces the norm; a pretrained
-            ConvNeXt loses most of what it learned) or "blend" (`BlendedAIBN`: the original norm
-            stays and AIBN is blended in by a learned weight starting at 0, so the patched model
-            first computes exactly what the unpatched one did).
+        options: a `timm_reid.PatchOptions`; or, instead, its fields as keywords:
+            aibn (stages, numbered from 1, whose norms become AIBN), tnorm (stages after whose
+            output a TNorm is inserted), num_cameras (required with tnorm), gate ("block" (IICS),
+            "layer", "stage"), gate_init (initial gate w in [0, 1], weight of the batch
+            statistics; 0.1), mix ("var" IICS, "std"), tnorm_mode ("transform" IIDS,
+            "normalize"), downsample (also the downsample norms), last_stride (1: no stage-4
+            downsampling), entry ("replace": AIBN replaces the norm, the papers; "blend":
+            `BlendedAIBN` keeps the norm and blends AIBN in from 0, so the patched model first
+            computes exactly what the unpatched one did). See `PatchOptions` for each.
 
     Returns:
         `model` itself, patched.
@@ -105,17 +81,14 @@ def patch(
         ValueError: bad option, stage out of range, `tnorm` without `num_cameras`, a stage patched
             twice, or nothing to do.
     """
-    config = _check_config(
-        aibn=aibn, tnorm=tnorm, num_cameras=num_cameras, gate=gate, gate_init=gate_init, mix=mix,
-        tnorm_mode=tnorm_mode, downsample=downsample, last_stride=last_stride, entry=entry,
-    )
-    if not (config["aibn"] or config["tnorm"] or config["last_stride"]):
+    options = PatchOptions.from_keywords(options, keywords)
+    if options.is_empty:
         raise ValueError("patch() has nothing to do: pass aibn=[...], tnorm=[...] (with num_cameras) or last_stride=1")
-    return apply_config(model, config)
+    return apply_config(model, options)
 
 
-def apply_config(model: nn.Module, config: Dict[str, Any]) -> nn.Module:
-    """Apply a checked configuration (see `_check_config`); all checks run before any change.
+def apply_config(model: nn.Module, config: PatchOptions) -> nn.Module:
+    """Apply patch options; all checks run before any change.
 
     An empty configuration only installs the camera hooks and records the configuration (what
     `create_model` does for an unpatched baseline, so the same call sites work for it).
@@ -123,22 +96,22 @@ def apply_config(model: nn.Module, config: Dict[str, Any]) -> nn.Module:
     family, stages = find_family(model)
     _check_stage_numbers(config, stages, family)
     merged = _merge_config(getattr(model, CONFIG_ATTR, None), config)
-    for k in config["aibn"]:
+    for k in config.aibn:
         norm_sites(family, stages[k - 1])  # raises if already patched or holding unknown norms
-    for k in config["tnorm"]:
+    for k in config.tnorm:
         _check_no_tnorm(stages[k - 1])
     changes = model.__dict__.setdefault(_CHANGES_ATTR, {})
-    if config["last_stride"] == 1:
+    if config.last_stride == 1:
         if len(stages) < 4:
             raise ValueError(f"last_stride=1 needs stage 4, this {family.name} has stages 1-{len(stages)}")
         changes.update((path, "stride 2 -> 1") for path in unstride_stage4(model, family, stages[3]))
         family, stages = find_family(model)  # the stage-4 downsample may have been rebuilt
     context = _camera_context(model)
-    for k in config["aibn"]:
+    for k in config.aibn:
         changes.update(_replace_norms(family, stages[k - 1], config))
-    for k in config["tnorm"]:
+    for k in config.tnorm:
         changes.update(_insert_tnorm(stages[k - 1], config, context))
-    setattr(model, CONFIG_ATTR, merged)
+    setattr(model, CONFIG_ATTR, merged.to_dict())
     warn_if_pretrained_layernorms_replaced(model, stacklevel=4)
     return model
 
@@ -146,59 +119,9 @@ def apply_config(model: nn.Module, config: Dict[str, Any]) -> nn.Module:
 # ----------------------------------------------------------------------------- configuration
 
 
-def _check_config(**config) -> Dict[str, Any]:
-    """Validate the options of `patch()`; returns them normalised (sorted stage lists, JSON-friendly)."""
-    config["aibn"] = _stage_list("aibn", config["aibn"])
-    config["tnorm"] = _stage_list("tnorm", config["tnorm"])
-    _check_choice("gate", config["gate"], GATES)
-    _check_choice("mix", config["mix"], MIXES)
-    _check_choice("tnorm_mode", config["tnorm_mode"], TNORM_MODES)
-    _check_choice("entry", config["entry"], ENTRIES)
-    _check_choice("last_stride", config["last_stride"], (None, 1, 2))
-    if config["last_stride"] == 2:
-        config["last_stride"] = None
-    if not isinstance(config["downsample"], bool):
-        raise TypeError(f"downsample must be True or False, got {config['downsample']!r}")
-    gate_init = config["gate_init"]
-    if isinstance(gate_init, bool) or not isinstance(gate_init, (int, float)) or not 0.0 <= gate_init <= 1.0:
-        raise ValueError(
-            f"gate_init must be a number in [0, 1], got {gate_init!r}: the gate is clamped to [0, 1] "
-            "and gets no gradient outside it"
-        )
-    config["gate_init"] = float(gate_init)
-    num_cameras = config["num_cameras"]
-    if config["tnorm"] and num_cameras is None:
-        raise ValueError(
-            f"tnorm={config['tnorm']} needs num_cameras (the number of cameras of the dataset, e.g. 6 for "
-            "Market-1501, 8 for DukeMTMC-reID, 15 for MSMT17)"
-        )
-    if num_cameras is not None and (isinstance(num_cameras, bool) or not isinstance(num_cameras, int) or num_cameras < 1):
-        raise ValueError(f"num_cameras must be a positive int, got {num_cameras!r}")
-    return config
-
-
-def _stage_list(name: str, stages: Stages) -> List[int]:
-    if isinstance(stages, int) and not isinstance(stages, bool):
-        stages = [stages]
-    if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable):
-        raise TypeError(f"{name} must be a list of stage numbers counted from 1, like [3, 4]; got {stages!r}")
-    stages = list(stages)
-    for k in stages:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"{name} must hold int stage numbers counted from 1, got {k!r} in {stages!r}")
-    if len(set(stages)) != len(stages):
-        raise ValueError(f"{name}={stages!r} lists a stage more than once; list each stage once")
-    return sorted(stages)
-
-
-def _check_choice(name: str, value: Any, choices: Tuple[Any, ...]) -> None:
-    if value not in choices or isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
-
-
-def _check_stage_numbers(config: Dict[str, Any], stages: List[Stage], family: Family) -> None:
+def _check_stage_numbers(config: PatchOptions, stages: List[Stage], family: Family) -> None:
     for name in ("aibn", "tnorm"):
-        bad = [k for k in config[name] if not 1 <= k <= len(stages)]
+        bad = [k for k in getattr(config, name) if not 1 <= k <= len(stages)]
         if bad:
             raise ValueError(
                 f"{name} stage {bad[0]} is out of range: this {family.name} model has stages 1-{len(stages)} "
@@ -206,47 +129,55 @@ def _check_stage_numbers(config: Dict[str, Any], stages: List[Stage], family: Fa
             )
 
 
-def _merge_config(previous: Optional[Dict[str, Any]], config: Dict[str, Any]) -> Dict[str, Any]:
-    """Configuration after this call, so that one `create_model` call can rebuild the model.
+def _merge_config(previous: Optional[Dict[str, Any]], config: PatchOptions) -> PatchOptions:
+    """Options after this call, so that one `create_model` call can rebuild the model.
 
     A later `patch()` may add stages; options it shares with an earlier call must then agree.
     """
     if previous is None:
-        return dict(config)
-    merged = dict(previous)
+        return config
+    before = PatchOptions.from_dict(previous, source=f"the model's {CONFIG_ATTR}")
+    merged = dataclasses.asdict(before)
     for stages_key, options in (("aibn", _AIBN_OPTIONS), ("tnorm", _TNORM_OPTIONS)):
-        if not config[stages_key]:
+        if not getattr(config, stages_key):
             continue
-        if previous[stages_key]:
-            clash = {key: (previous[key], config[key]) for key in options if previous[key] != config[key]}
+        if getattr(before, stages_key):
+            clash = {key: (getattr(before, key), getattr(config, key)) for key in options
+                     if getattr(before, key) != getattr(config, key)}
             if clash:
                 raise ValueError(
                     f"this model was already patched with {stages_key} options that differ from this call "
                     f"(option: (before, now)) {clash}; use the same options so one create_model call can rebuild it"
                 )
-        merged.update({key: config[key] for key in options})
-        merged[stages_key] = sorted(set(previous[stages_key]) | set(config[stages_key]))
-    if config["last_stride"] == 1:
+        merged.update({key: getattr(config, key) for key in options})
+        merged[stages_key] = tuple(sorted(set(getattr(before, stages_key)) | set(getattr(config, stages_key))))
+    if config.last_stride == 1:
         merged["last_stride"] = 1
-    return merged
+    return PatchOptions(**merged)
+
+
+def patch_options(model: nn.Module) -> PatchOptions:
+    """The options `model` was patched with (`PatchOptions()` for an unpatched model)."""
+    recorded = getattr(model, CONFIG_ATTR, None)
+    return PatchOptions() if recorded is None else PatchOptions.from_dict(recorded, source=f"model.{CONFIG_ATTR}")
 
 
 # ----------------------------------------------------------------------------- AIBN
 
 
-def _replace_norms(family: Family, stage: Stage, config: Dict[str, Any]) -> Dict[str, str]:
+def _replace_norms(family: Family, stage: Stage, config: PatchOptions) -> Dict[str, str]:
     """Swap the norms of one stage for AIBN modules; returns {path: replaced type}."""
-    sites = [site for site in norm_sites(family, stage) if config["downsample"] or not site.downsample]
+    sites = [site for site in norm_sites(family, stage) if config.downsample or not site.downsample]
     if not sites:
         raise ValueError(f"aibn: stage {stage.index} of this {family.name} model has no norm to replace")
     gates: Dict[Any, nn.Parameter] = {}
     replaced = {}
     for site in sites:
-        group = {"block": site.block, "layer": site.path, "stage": stage.index}[config["gate"]]
+        group = {"block": site.block, "layer": site.path, "stage": stage.index}[config.gate]
         new = _aibn_like(site, config, gates.get(group))
         gates.setdefault(group, new.gate)
         setattr(site.parent, site.name, new)
-        replaced[site.path] = type(site.module).__name__ + (" (kept, AIBN blended in)" if config["entry"] == "blend" else "")
+        replaced[site.path] = type(site.module).__name__ + (" (kept, AIBN blended in)" if config.entry == "blend" else "")
     return replaced
 
 
@@ -276,16 +207,16 @@ def _is_trained(norm: nn.Module) -> bool:
     return (weight is not None and not bool(torch.all(weight == 1))) or (bias is not None and bool(torch.any(bias != 0)))
 
 
-def _aibn_like(site: NormSite, config: Dict[str, Any], gate: Optional[nn.Parameter]) -> AIBN:
+def _aibn_like(site: NormSite, config: PatchOptions, gate: Optional[nn.Parameter]) -> AIBN:
     """An AIBN carrying over the replaced norm's affine weights, eps, momentum, running stats, device."""
     old = site.module
     channels = old.num_features if hasattr(old, "num_features") else old.normalized_shape[0]
     momentum = getattr(old, "momentum", None)
     kwargs = dict(
-        gate_init=config["gate_init"], mix=config["mix"], eps=old.eps,
+        gate_init=config.gate_init, mix=config.mix, eps=old.eps,
         momentum=momentum if momentum is not None else 0.1, channels_last=site.channels_last, gate=gate,
     )
-    if config["entry"] == "blend":
+    if config.entry == "blend":
         base = "batchnorm" if isinstance(old, nn.modules.batchnorm._BatchNorm) else "layernorm"
         new = BlendedAIBN(channels, base=base, **kwargs)
     else:
@@ -315,9 +246,9 @@ def _check_no_tnorm(stage: Stage) -> None:
             )
 
 
-def _insert_tnorm(stage: Stage, config: Dict[str, Any], context: CameraContext) -> Dict[str, str]:
+def _insert_tnorm(stage: Stage, config: PatchOptions, context: CameraContext) -> Dict[str, str]:
     path = f"{stage.blocks_path}.tnorm"
-    tnorm = TNorm(stage_channels(stage), config["num_cameras"], mode=config["tnorm_mode"])
+    tnorm = TNorm(stage_channels(stage), config.num_cameras, mode=config.tnorm_mode)
     tnorm.context = context
     tnorm.name = path
     reference = next(stage.blocks.parameters())

@@ -26,16 +26,13 @@ def test_default_presets_follow_the_method(argv, method, preset):
     assert (args.method, args.preset) == (method, preset)
 
 
-def test_patch_keywords_pass_through_generically(monkeypatch):
-    import timm_reid.surgery as surgery
+def test_patch_options_come_from_the_model_flags_generically(monkeypatch):
+    from timm_reid.options import PatchOptions
 
-    def patch(model, *, aibn=(), tnorm=(), num_cameras=None, gate_init=0.1, mix="var", entry="stem"):
-        pass
-
-    monkeypatch.setattr(surgery, "patch", patch)
+    # only the model group's names count: "gate" is in it here, downsample and momentum are not
     monkeypatch.setattr(pipeline, "model_option_names",
-                        lambda: {"aibn", "tnorm", "aibn_gate_init", "aibn_mix", "aibn_entry", "model"})
-    args = argparse.Namespace(aibn=[3, 4], tnorm=[1], aibn_gate_init=0.2, aibn_mix="std", aibn_entry="after-stem",
-                              model="resnet50", momentum=0.9)
-    assert pipeline.patch_kwargs(args, 5) == {"aibn": (3, 4), "tnorm": (1,), "num_cameras": 5, "gate_init": 0.2,
-                                              "mix": "std", "entry": "after-stem"}
+                        lambda: {"aibn", "tnorm", "aibn_gate_init", "aibn_mix", "aibn_entry", "model", "gate"})
+    args = argparse.Namespace(aibn=[3, 4], tnorm=[1], aibn_gate_init=0.2, aibn_mix="std", aibn_entry="replace",
+                              model="resnet50", momentum=0.9, gate="layer", downsample=False)
+    assert pipeline.patch_options(args, 5) == PatchOptions(aibn=(3, 4), tnorm=(1,), num_cameras=5, gate_init=0.2,
+                                                           mix="std", entry="replace", gate="layer")

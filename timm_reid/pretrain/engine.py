@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from timm_reid._records import check_stored_options, options_entry
 from timm_reid.distributed import LOCAL, Dist
 
 __all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
@@ -141,6 +142,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
     total, warmup = epochs * per_epoch, int(round(warmup_epochs * per_epoch))
     history, start_epoch, elapsed = [], 0, 0.0
     if state is not None:
+        check_stored_options(task.modules["backbone"], state, os.path.join(run_dir, CHECKPOINT_FILE))
         task.modules.load_state_dict(state["modules"])
         optimizer.load_state_dict(state["optimizer"])
         task.load_extra_state(state["task"])
@@ -178,7 +180,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         if not dist.is_main:
             continue
         _write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
-        atomic_save({"args": args_dict, "modules": task.modules.state_dict(),
+        atomic_save({"args": args_dict, "modules": task.modules.state_dict(), **options_entry(task.modules["backbone"]),
                      "optimizer": optimizer.state_dict(), "task": task.extra_state(),
                      "history": history, "epoch": epoch + 1, "elapsed": elapsed},
                     os.path.join(run_dir, CHECKPOINT_FILE))

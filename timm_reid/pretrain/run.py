@@ -43,11 +43,9 @@ def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
 def build_backbone(args: argparse.Namespace, num_cameras: int | None):
     """A pooled-feature (``num_classes=0``) backbone, patched as the options say."""
     from timm_reid.factory import create_model
+    from timm_reid.options import PatchOptions
 
-    return create_model(args.model, aibn=tuple(args.aibn), tnorm=tuple(args.tnorm),
-                        num_cameras=num_cameras if args.tnorm else None, mix=args.aibn_mix,
-                        gate_init=args.aibn_gate_init, entry=args.aibn_entry, tnorm_mode=args.tnorm_mode,
-                        last_stride=args.last_stride, num_classes=0)
+    return create_model(args.model, PatchOptions.from_flags(args, num_cameras), num_classes=0)
 
 
 def _resume(args):

@@ -106,7 +106,7 @@ def _add_data_arguments(parser):
 
 def _add_model_arguments(parser):
     """Patch options are named after their ``timm_reid.patch`` keyword (``KEY``, ``aibn_KEY`` or
-    ``tnorm_KEY``): the harness passes every one of them on (see ``pipeline.patch_kwargs``)."""
+    ``tnorm_KEY``): the harness passes every one of them on (``timm_reid.PatchOptions.from_flags``)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="resnet50", help="timm model name")
     g.add_argument("--pretrained", default=False, action=argparse.BooleanOptionalAction,
@@ -163,7 +163,7 @@ def _add_training_arguments(parser):
 
 
 def model_option_names(parser=None):
-    """Dests of the "model" group: the only options ``patch_kwargs`` maps onto patch keywords."""
+    """Dests of the "model" group: the only options ``pipeline.patch_options`` maps onto patch options."""
     parser = parser or get_args_parser(add_help=False)
     group = next(g for g in parser._action_groups if g.title == "model")
     return {a.dest for a in group._group_actions}

@@ -10,7 +10,7 @@ The final model is the one reported; test-set metrics are computed for the curve
 select a checkpoint.
 """
 
-import inspect
+import argparse
 import logging
 import os
 import sys
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from timm_reid import distributed
+from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
 from timm_reid.train.config import PROG, check_args, model_option_names, parse_args, save_config
 from timm_reid.train.context import Context, OptimOptions
@@ -132,6 +133,7 @@ def _run(args, state, run_dir, dist):
         initial = evaluate_splits(trainer.net, ctx.dataset, **eval_kw)
         log.info(f"initial: {format_metrics(initial['test'])}")
     else:
+        check_stored_options(trainer.net.backbone, state, os.path.join(run_dir, "last.pth"))
         trainer.load_state_dict(state)
         history, pending, initial = state["history"], state["pending"], state["initial"]
         position, elapsed = tuple(state["next"]), state["elapsed"]
@@ -140,7 +142,8 @@ def _run(args, state, run_dir, dist):
     def checkpoint(next_position, path="last.pth"):
         if not dist.is_main:
             return
-        atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(), "history": history,
+        atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
+                     **options_entry(trainer.net.backbone), "history": history,
                      "pending": pending, "initial": initial, "next": list(next_position),
                      "elapsed": elapsed + time.time() - start}, os.path.join(run_dir, path))
 
@@ -186,7 +189,7 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
         history[-1].update({k: v for k, v in final.items()})
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
     atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
-                 "num_cameras": ctx.num_cameras}, os.path.join(run_dir, "final.pth"))
+                 **options_entry(trainer.net.backbone), "num_cameras": ctx.num_cameras}, os.path.join(run_dir, "final.pth"))
     save_backbone(trainer.net.backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
                   input_size=(args.height, args.width),
                   extra={"method": args.method, "seed": args.seed, "dataset": args.dataset or "synthetic"})
@@ -254,22 +257,13 @@ def build_transforms(height, width, *, pad=10, random_erasing=0.5):
             _build(height, width, train=False))
 
 
-def patch_kwargs(args, num_cameras):
-    """The ``timm_reid.patch`` keywords of the run's model options: every patch keyword ``KEY`` is
-    taken from the model option ``aibn_KEY``, ``tnorm_KEY`` or ``KEY``, whichever exists, so a new
-    patch option needs only its flag (e.g. ``--aibn-entry`` -> ``entry=``)."""
-    from timm_reid.surgery import patch
+def patch_options(args, num_cameras):
+    """The run's :class:`timm_reid.PatchOptions`, from its model options (``--aibn-entry`` -> ``entry``;
+    see ``PatchOptions.from_flags``)."""
+    from timm_reid.options import PatchOptions
 
-    available = model_option_names() & set(vars(args))
-    out = {}
-    for name in list(inspect.signature(patch).parameters)[1:]:  # after the model itself
-        for dest in (f"aibn_{name}", f"tnorm_{name}", name):
-            if dest in available:
-                value = getattr(args, dest)
-                out[name] = tuple(value) if isinstance(value, list) else value
-                break
-    out["num_cameras"] = num_cameras if out.get("tnorm") else None
-    return out
+    return PatchOptions.from_flags(argparse.Namespace(**{k: getattr(args, k) for k in model_option_names()
+                                                          if hasattr(args, k)}), num_cameras)
 
 
 def build_net_from_args(args, num_cameras, *, initial_weights=True):
@@ -277,7 +271,7 @@ def build_net_from_args(args, num_cameras, *, initial_weights=True):
     weights loaded when ``initial_weights``)."""
     from timm_reid.factory import create_model
 
-    backbone = create_model(args.model, **patch_kwargs(args, num_cameras),
+    backbone = create_model(args.model, patch_options(args, num_cameras),
                             pretrained=args.pretrained and initial_weights,
                             checkpoint_path=args.checkpoint_path if initial_weights else None, num_classes=0)
     return ReIDNet(backbone).to(args.device)
