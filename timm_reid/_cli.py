@@ -1,8 +1,16 @@
-"""Small helpers shared by the command-line entry points (program names, error exits)."""
+"""Small helpers shared by the command-line entry points (program names, error exits), and the
+checks the command lines (train, pretrain) share, run before a run folder gets any file (each
+raises ``ValueError`` naming the option, the value and the fix).
+"""
 from __future__ import annotations
 
 import os
 import sys
+from typing import Callable, Optional, Type, TypeVar
+
+import torch
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -19,3 +27,38 @@ def fail(prog: str, message: str) -> int:
     """Print ``prog: error: message`` on stderr (argparse's format) and return exit status 2."""
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
+
+
+def checked(check: Callable[[], T], what: str, *, error: Type[ValueError] = ValueError) -> T:
+    """``check()``, with the errors a user can fix re-raised as one ``error`` prefixed by ``what``."""
+    try:
+        return check()
+    except error:
+        raise
+    except (ValueError, TypeError, RuntimeError, OSError) as e:
+        raise error(f"{what}: {type(e).__name__}: {e}") from None
+
+
+def check_output_folder(path: str, *, flag: str) -> None:
+    """``path`` is, or can become, a folder this process may write in (nothing is created)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    parent = os.path.abspath(path)
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {parent} (permission denied); choose a folder you can "
+                         "write to")
+
+
+def check_backbone(model_name: str, options, height: int, width: int, *,
+                   checkpoint_path: Optional[str] = None) -> None:
+    """Build the pooled-feature backbone as a run would (initial weights file included, no
+    download) and run it once on two images of ``height x width``: an unknown or unsupported model,
+    a stage out of range, a damaged or unfitting checkpoint and an AIBN stage whose feature map is
+    1x1 all fail here."""
+    from timm_reid.factory import create_model
+
+    backbone = create_model(model_name, options, num_classes=0, checkpoint_path=checkpoint_path)
+    with torch.no_grad():
+        backbone.eval()(torch.zeros(2, 3, height, width))

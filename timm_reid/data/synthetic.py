@@ -676,6 +676,16 @@ def load_synthetic(root: str | os.PathLike | None = None, **options) -> ReIDData
     return dataclasses.replace(dataset, num_cameras=config.num_cameras)
 
 
+def check_synthetic_options(root: str | os.PathLike, **options) -> SyntheticConfig:
+    """The config ``load_synthetic(root, **options)`` would use, checked without writing anything:
+    invalid options, or an existing ``root/meta.json`` of another config, raise ``ValueError``."""
+    config = _config_from(options)
+    meta_path = os.path.join(os.fspath(root), "meta.json")
+    if os.path.isfile(meta_path):
+        _check_meta(meta_path, config)
+    return config
+
+
 def _check_meta(meta_path: str, config: SyntheticConfig) -> None:
     with open(meta_path, encoding="utf-8") as f:
         stored = json.load(f).get("config", {})

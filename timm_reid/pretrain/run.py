@@ -48,6 +48,17 @@ def build_backbone(args: argparse.Namespace, num_cameras: int | None):
     return create_model(args.model, PatchOptions.from_flags(args, num_cameras), num_classes=0)
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """What a fresh run can check before its folder gets a file: the output folder, and the
+    backbone built with its patch options and run once at the input size (``ValueError``)."""
+    from timm_reid._cli import check_backbone, check_output_folder, checked
+    from timm_reid.options import PatchOptions
+
+    checked(lambda: check_output_folder(args.output, flag="--output"), "--output")
+    checked(lambda: check_backbone(args.model, PatchOptions.from_flags(args, 2), args.height, args.width),
+            f"--model {args.model} at {args.height}x{args.width}")
+
+
 def _resume(args):
     if args.resume is None:
         if args.method is None:
@@ -66,6 +77,8 @@ def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
     """Run (or resume) one pretraining (under torchrun: one process of it); returns the final metrics."""
     args, state = _resume(args)
     check_args(args)
+    if state is None:
+        preflight(args)
     dist = distributed.init(args.device, args.dist_timeout)
     try:
         args.device, args.world_size = distributed.local_device(args.device), dist.world_size

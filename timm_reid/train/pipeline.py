@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from timm_reid import distributed
+from timm_reid._cli import check_backbone, check_output_folder, checked
+from timm_reid.data.image_dataset import ImageReadError
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
 from timm_reid.train.config import PROG, check_args, model_option_names, parse_args, save_config
@@ -44,6 +46,8 @@ def main(args):
     (:mod:`timm_reid.distributed`) and only rank 0 writes the run directory."""
     args, state = resume_state(args)
     check_args(args)
+    if state is None:
+        preflight(args)
     dist = distributed.init(args.device, args.dist_timeout)
     try:
         args.device, args.world_size = distributed.local_device(args.device), dist.world_size
@@ -81,10 +85,51 @@ def resume_state(args):
     return stored, state
 
 
+def default_output(args):
+    return args.output if args.output is not None else os.path.join("runs", f"{args.preset}-seed{args.seed}")
+
+
+def preflight(args):
+    """Check everything a fresh run can check before its directory gets any file: the output
+    folder, the dataset (a named layout is read; synthetic options are checked, and data an
+    ``--overwrite`` would keep must fit them), the method's needs of the data, and the model: built
+    with its patch options and initial weights file, then run once on two images of the input size
+    (an unsupported model, a stage out of range, a damaged checkpoint or an AIBN stage with a 1x1
+    feature map fail here). Raises :class:`ConfigError`."""
+    output = default_output(args)
+    _checked(lambda: check_output_folder(output, flag="--output"), "--output")
+    num_cameras = args.synthetic_cameras
+    if args.dataset in (None, "synthetic"):
+        _check_synthetic_options(args, output)
+    else:
+        dataset = _checked(lambda: load_data(**data_options(args, output)), f"--dataset {args.dataset} --root {args.root}")
+        num_cameras = dataset.num_cameras
+        get_method(args.method).check_data(args, dataset)
+    _check_model(args, num_cameras)
+
+
+def _check_synthetic_options(args, output):
+    from timm_reid.data.synthetic import check_synthetic_options
+
+    root = synthetic_root(args.root, output)
+    kept = "" if args.root or not os.path.isdir(root) else f" (the run's data in {root}, which --overwrite keeps)"
+    _checked(lambda: check_synthetic_options(root, **synthetic_options(**data_options(args, output))),
+             "the synthetic data options" + kept)
+
+
+def _check_model(args, num_cameras):
+    what = f"--model {args.model}" + (f" with --checkpoint-path {args.checkpoint_path}" if args.checkpoint_path else "")
+    _checked(lambda: check_backbone(args.model, patch_options(args, num_cameras), args.height, args.width,
+                                    checkpoint_path=args.checkpoint_path), f"{what} at {args.height}x{args.width}")
+
+
+def _checked(check, what):
+    return checked(check, what, error=ConfigError)
+
+
 def prepare_run_dir(args, *, resuming):
     """Create the run directory; refuse one that holds files unless resuming or ``--overwrite``."""
-    if args.output is None:
-        args.output = os.path.join("runs", f"{args.preset}-seed{args.seed}")
+    args.output = default_output(args)
     present = sorted(os.listdir(args.output)) if os.path.isdir(args.output) else []
     if not resuming and present:
         if not getattr(args, "overwrite", False):
@@ -205,10 +250,7 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
 def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
     """Data, transforms and the network factory of a run (initial weights only for a fresh run:
     a resumed one loads its checkpoint over them)."""
-    data_kw = dict(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
-                   num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
-                   num_cameras=args.synthetic_cameras,
-                   style_strength=args.style_strength, height=args.height, width=args.width)
+    data_kw = data_options(args, run_dir)
     dataset = load_data(**data_kw) if dist.is_main else None  # rank 0 generates synthetic data once
     dist.barrier()
     if dataset is None:
@@ -233,6 +275,14 @@ def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
                    num_instances=args.num_instances, optim=optim, make_net=make_net, dist=dist)
 
 
+def data_options(args, run_dir):
+    """The keywords of :func:`load_data` for the run's options."""
+    return dict(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
+                num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
+                num_cameras=args.synthetic_cameras, style_strength=args.style_strength, height=args.height,
+                width=args.width)
+
+
 def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identities, num_cameras, style_strength,
               height, width):
     """The dataset named ``dataset`` in ``root``; without a name, synthetic data generated (once)
@@ -240,13 +290,23 @@ def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identiti
     from timm_reid.data import build_dataset
 
     if dataset is None or dataset == "synthetic":
-        return build_dataset("synthetic", root or os.path.join(run_dir, "data"), seed=seed,
-                             num_identities=num_identities, num_test_identities=num_test_identities,
-                             num_cameras=num_cameras,
-                             style_strength=style_strength, image_size=(height, width))
+        return build_dataset("synthetic", synthetic_root(root, run_dir), **synthetic_options(
+            seed=seed, num_identities=num_identities, num_test_identities=num_test_identities, num_cameras=num_cameras,
+            style_strength=style_strength, height=height, width=width))
     if root is None:
         raise ConfigError(f"--dataset {dataset} needs --root DIR, the folder that holds the dataset")
     return build_dataset(dataset, root)
+
+
+def synthetic_root(root, run_dir):
+    return root or os.path.join(run_dir, "data")
+
+
+def synthetic_options(*, seed, num_identities, num_test_identities, num_cameras, style_strength, height, width,
+                      **_):
+    """The generator options of the run's synthetic data (``**_``: the other :func:`data_options`)."""
+    return dict(seed=seed, num_identities=num_identities, num_test_identities=num_test_identities,
+                num_cameras=num_cameras, style_strength=style_strength, image_size=(height, width))
 
 
 def build_transforms(height, width, *, pad=10, random_erasing=0.5):
@@ -394,7 +454,7 @@ def write_plots(run_dir, *, history, initial, final, features):
         plots.plot_embedding(*features, os.path.join(run_dir, "embedding.png"))
 
 
-USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ImageReadError, PermissionError)
 
 
 def cli(argv=None):
