@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from timm_reid._records import check_stored_options, options_entry
+from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 from timm_reid.distributed import LOCAL, Dist
 
 __all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
@@ -108,22 +109,34 @@ def _write_jsonl(records, path: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_run_dir(path: str, *, resuming: bool) -> str:
-    """Create ``path``; refuse a non-empty folder unless resuming a run of ours (a run that
-    stopped before its first checkpoint, holding only its config and generated data, restarts)."""
+def prepare_run_dir(path: str, *, resuming: bool, lock: RunLock | None = None) -> str:
+    """Create ``path`` (holding ``lock``, a :class:`RunLock` on it, from here on); refuse a
+    non-empty folder unless resuming a run of ours (a run that stopped before its first checkpoint,
+    holding only its config and generated data, restarts; a data generator killed there left a
+    temporary folder, which is removed)."""
     if resuming:
         if not os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
             raise FileNotFoundError(f"--resume {path}: no {CHECKPOINT_FILE} there; is it a pretraining run folder?")
+        if lock is not None:
+            lock.acquire()
         return path
-    entries = set(os.listdir(path)) if os.path.isdir(path) else set()
+    _check_run_dir(path)  # before the lock adds its file to a folder we refuse
+    if lock is not None:
+        lock.acquire()
+        remove_stale_temporaries(path)
+    _check_run_dir(path)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _check_run_dir(path: str) -> None:
+    entries = {n for n in os.listdir(path) if not is_bookkeeping(n)} if os.path.isdir(path) else set()
     if entries and not entries <= _UNSTARTED:
         ours = any(os.path.exists(os.path.join(path, f)) for f in _RUN_FILES)
         hint = (f"continue it with --resume {path} or" if ours else "it holds files that are not a run's;")
         raise FileExistsError(f"--output {path} is not empty: {hint} choose another --output")
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"--output {path} is a file, not a folder")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def load_state(run_dir: str) -> dict:

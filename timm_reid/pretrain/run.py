@@ -15,6 +15,7 @@ import torch
 
 from timm_reid import distributed
 from timm_reid.pretrain.config import check_args, get_args_parser, resolve_args
+from timm_reid._runlock import RunLock
 from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir, seed_all, write_json
 
 __all__ = ["main", "pretrain", "build_backbone"]
@@ -88,9 +89,17 @@ def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
 
 
 def _run(args, state, dist, pair_hook):
+    lock = RunLock(args.output)  # acquired by rank 0 only, the one writer
+    try:
+        run_dir = dist.on_main(prepare_run_dir, args.output, resuming=state is not None, lock=lock)
+        return _train(args, state, dist, pair_hook, run_dir)
+    finally:
+        lock.release()
+
+
+def _train(args, state, dist, pair_hook, run_dir):
     from timm_reid.backbone import BACKBONE_FILE, save_backbone
 
-    run_dir = dist.on_main(prepare_run_dir, args.output, resuming=state is not None)
     args_dict = {k: v for k, v in vars(args).items() if k != "resume"}
     if state is None and dist.is_main:
         write_json(args_dict, os.path.join(run_dir, "config.json"))

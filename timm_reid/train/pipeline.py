@@ -21,6 +21,7 @@ import torch
 
 from timm_reid import distributed
 from timm_reid._cli import check_backbone, check_output_folder, checked
+from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 from timm_reid.data.image_dataset import ImageReadError
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
@@ -49,9 +50,10 @@ def main(args):
     if state is None:
         preflight(args)
     dist = distributed.init(args.device, args.dist_timeout)
+    lock = RunLock(default_output(args))  # acquired by rank 0 only, the one writer
     try:
         args.device, args.world_size = distributed.local_device(args.device), dist.world_size
-        args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None)
+        args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None, lock=lock)
         handler = setup_logging(args.output) if dist.is_main else None
         try:
             if state is None and args.init:
@@ -66,6 +68,7 @@ def main(args):
                 log.removeHandler(handler)
                 handler.close()
     finally:
+        lock.release()
         distributed.shutdown(dist)
 
 
@@ -98,6 +101,7 @@ def preflight(args):
     feature map fail here). Raises :class:`ConfigError`."""
     output = default_output(args)
     _checked(lambda: check_output_folder(output, flag="--output"), "--output")
+    check_run_dir(argparse.Namespace(**{**vars(args), "output": output}), resuming=False)
     num_cameras = args.synthetic_cameras
     if args.dataset in (None, "synthetic"):
         _check_synthetic_options(args, output)
@@ -127,17 +131,29 @@ def _checked(check, what):
     return checked(check, what, error=ConfigError)
 
 
-def prepare_run_dir(args, *, resuming):
-    """Create the run directory; refuse one that holds files unless resuming or ``--overwrite``."""
+def check_run_dir(args, *, resuming):
+    """Refuse an output folder that holds files unless resuming or ``--overwrite``; returns its entries."""
+    present = sorted(n for n in os.listdir(args.output) if not is_bookkeeping(n)) if os.path.isdir(args.output) else []
+    if not resuming and present and not getattr(args, "overwrite", False):
+        shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+        hint = f"continue it with --resume {args.output}, " if "last.pth" in present else ""
+        raise FileExistsError(f"--output {args.output} already holds files ({shown}); {hint}choose a new or "
+                              "empty --output, or pass --overwrite to replace the run files there "
+                              "(see --resume to continue a run)")
+    return present
+
+
+def prepare_run_dir(args, *, resuming, lock=None):
+    """Create the run directory (holding ``lock``, a :class:`RunLock` on it, from here on); refuse
+    one that holds files unless resuming or ``--overwrite``, which deletes the old run files only
+    now, after every check."""
     args.output = default_output(args)
-    present = sorted(os.listdir(args.output)) if os.path.isdir(args.output) else []
+    check_run_dir(args, resuming=resuming)  # before the lock adds its file to a folder we refuse
+    if lock is not None:
+        lock.acquire()
+        remove_stale_temporaries(args.output)
+    present = check_run_dir(args, resuming=resuming)
     if not resuming and present:
-        if not getattr(args, "overwrite", False):
-            shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
-            hint = f"continue it with --resume {args.output}, " if "last.pth" in present else ""
-            raise FileExistsError(f"--output {args.output} already holds files ({shown}); {hint}choose a new or "
-                                  "empty --output, or pass --overwrite to replace the run files there "
-                                  "(see --resume to continue a run)")
         for name in RUN_FILES:
             if name in present:
                 os.remove(os.path.join(args.output, name))

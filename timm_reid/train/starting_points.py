@@ -12,6 +12,8 @@ cameras or identities (the synthetic source world and the street video have thei
 import logging
 import os
 
+from timm_reid.train.errors import ConfigError
+
 log = logging.getLogger("timm_reid.train")
 
 STARTING_POINTS = {
@@ -32,7 +34,12 @@ def resolve_init(args, dist):
     run = cache_dir(args)
     path = os.path.join(run, BACKBONE_FILE)
     if dist.is_main and not os.path.isfile(path):
-        _pretrain(args, run)
+        try:
+            _pretrain(args, run)
+        except (ValueError, FileExistsError, FileNotFoundError) as e:
+            # the pretraining's messages name its own folder and flags, which this command never had
+            raise ConfigError(f"--init {args.init}: making the starting point in {run} (--init-cache "
+                              f"{args.init_cache}) failed: {e}") from None
     dist.barrier()
     log.info(f"--init {args.init}: initial backbone {path}")
     return path
