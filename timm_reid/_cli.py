@@ -4,6 +4,7 @@ raises ``ValueError`` naming the option, the value and the fix).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Callable, Optional, Type, TypeVar
@@ -62,3 +63,40 @@ def check_backbone(model_name: str, options, height: int, width: int, *,
     backbone = create_model(model_name, options, num_classes=0, checkpoint_path=checkpoint_path)
     with torch.no_grad():
         backbone.eval()(torch.zeros(2, 3, height, width))
+
+
+def runtime_problems(args) -> list:
+    """What is wrong with the how-to-run options both command lines share (``threads``,
+    ``workers``, ``device``, ``dist_timeout``): one sentence each, empty when all is well."""
+    problems = []
+    if args.threads is not None and args.threads < 1:
+        problems.append(f"--threads {args.threads} must be >= 1 (leave it out to use all cores)")
+    if args.workers < 0:
+        problems.append(f"--workers {args.workers} must be >= 0 (0: load data in the main process)")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        problems.append(f"--dist-timeout {args.dist_timeout} must be a finite number of seconds > 0")
+    device = device_problem(args.device)
+    if device:
+        problems.append(device)
+    return problems
+
+
+def device_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a usable torch device here, or None."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        return f"--device {name!r} is not a torch device; use cpu, cuda or cuda:INDEX"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {name} asks for CUDA, but no CUDA device is available here; use --device cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    elif device.type not in ("cpu",):
+        return f"--device {name}: only cpu and cuda devices are supported"
+    return None
+
+
+def default_device() -> str:
+    """``cuda`` when a CUDA device is available, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -23,7 +23,7 @@ import torch
 from .options import PatchOptions
 
 __all__ = ["METADATA_KEY", "FORMAT_VERSION", "TIMM_KWARGS", "read_record", "check_timm_kwargs",
-           "read_weights", "OPTIONS_KEY", "options_entry", "check_stored_options"]
+           "read_weights", "OPTIONS_KEY", "options_entry", "check_stored_options", "looks_like_torch_file"]
 
 METADATA_KEY = "timm_reid"
 FORMAT_VERSION = 1
@@ -143,7 +143,9 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[PatchOpti
         return _read_safetensors(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not looks_like_torch_file(path):
+            raise ValueError(f"{path} is not a readable checkpoint (not a torch file: {_last_line(exc)})") from None
         raise ValueError(f"{path} holds Python objects that only unpickling could rebuild, which timm-reid never "
                          "does; save a plain state_dict (torch.save(model.state_dict(), path)) or safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
@@ -159,6 +161,21 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[PatchOpti
                          "'state_dict' / 'model')")
     # as timm's clean_state_dict: weights saved from a DataParallel / DDP wrapper
     return {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint.items()}, stored
+
+
+def looks_like_torch_file(path: str) -> bool:
+    """A ``torch.save`` file: a zip archive (torch >= 1.6) or a pickle stream (legacy format, which
+    starts with the pickle protocol byte 0x80). Random bytes are neither; weights_only's refusal of
+    them must not be reported as "holds Python objects"."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-2 if len(lines) > 1 and lines[-1].startswith("Check the documentation") else -1][:200] if lines else ""
 
 
 def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[PatchOptions]]:

@@ -111,6 +111,10 @@ def _check_args(args) -> None:
                          "for a timm-reid synthetic dataset")
     if args.output_json and os.path.exists(args.output_json) and not args.overwrite:
         raise UsageError(f"--output-json {args.output_json} already exists; choose another file or pass --overwrite")
+    folder = os.path.dirname(os.path.abspath(args.output_json)) if args.output_json else None
+    if folder is not None and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+        raise UsageError(f"--output-json {args.output_json}: the folder {folder} does not exist or is not writable; "
+                         "create it first (checked before the evaluation, which may take long)")
     from timm_reid.data import DATASETS
 
     if args.dataset is not None and args.dataset not in DATASETS:

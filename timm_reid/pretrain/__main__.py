@@ -2,13 +2,14 @@
 and exit status 2, not a traceback."""
 import sys
 
-from timm_reid.pretrain.config import get_args_parser
+from timm_reid.pretrain.config import check_resume_options, explicit_options, get_args_parser
 from timm_reid.pretrain.run import main
 
 
 def cli(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        check_resume_options(args.resume, explicit_options(argv if argv is not None else sys.argv[1:]))
         main(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)

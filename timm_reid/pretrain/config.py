@@ -7,12 +7,18 @@ Options whose default depends on the method are ``None`` in the parser and resol
 from __future__ import annotations
 
 import argparse
+import math
 
+from timm_reid._cli import default_device, runtime_problems
+from timm_reid.options import PatchOptions
 from timm_reid.surgery import ENTRIES
 
-__all__ = ["METHODS", "METHOD_DEFAULTS", "get_args_parser", "resolve_args", "check_args"]
+__all__ = ["METHODS", "METHOD_DEFAULTS", "RUNTIME_OPTIONS", "get_args_parser", "resolve_args", "check_args",
+           "explicit_options", "check_resume_options"]
 
 METHODS = ("supervised", "isr", "moco")
+# Options that may differ between the interrupted and the resuming command (how to run, not what).
+RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
 
 # Sizes for 2 CPU cores: see README "Pretraining" for what each takes on one thread.
 METHOD_DEFAULTS = {
@@ -24,7 +30,7 @@ METHOD_DEFAULTS = {
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m timm_reid.pretrain", add_help=add_help,
+        prog="python -m timm_reid.pretrain", add_help=add_help, allow_abbrev=False,
         description="Pretrain a timm backbone without downloads: supervised on a labeled source "
                     "dataset, or self-supervised (ISR, MoCo) on unlabeled video crops. The result "
                     "is RUN/backbone.safetensors (timm_reid.load_backbone, train --checkpoint-path).",
@@ -37,7 +43,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from its last.pth")
     g.add_argument("--threads", default=None, type=int,
                    help="torch CPU threads per process (None: all cores, shared by the torchrun processes)")
-    g.add_argument("--device", default="cpu", help="torch device (under torchrun, cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--device", default=default_device(),
+                   help="torch device (default: cuda when available; under torchrun, cuda means cuda:LOCAL_RANK)")
     g.add_argument("--dist-timeout", default=1800.0, type=float, metavar="SECONDS",
                    help="torchrun: the longest any process waits for the others before the run ends with an error")
     g.add_argument("--workers", default=0, type=int, help="data-loader worker processes")
@@ -102,6 +109,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_options(argv) -> set:
+    """The options given in ``argv`` itself (not by defaults)."""
+    parser = get_args_parser(add_help=False)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def check_resume_options(resume, given) -> None:
+    """With ``--resume`` only the runtime options may be given: the others would be ignored."""
+    ignored = sorted(set(given) - set(RUNTIME_OPTIONS) - {"resume", "output"})
+    if resume is not None and ignored:
+        raise ValueError(f"--resume {resume} continues the run with the options stored in it, so these would be "
+                         f"ignored: {', '.join('--' + k.replace('_', '-') for k in ignored)}. Drop them (only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RUNTIME_OPTIONS)} may change on resume), "
+                         "or start a new run with --output.")
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the method-dependent defaults (in place) and return ``args``."""
     for key, value in METHOD_DEFAULTS[args.method].items():
@@ -115,25 +140,34 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming every bad option and how to fix it."""
     problems = []
-    if not args.dist_timeout > 0:
-        problems.append(f"--dist-timeout {args.dist_timeout} must be > 0 seconds")
+    problems += runtime_problems(args)
+    try:
+        PatchOptions.from_flags(args, 1)
+    except (TypeError, ValueError) as e:
+        problems.append(f"model options: {e}")
     positive = ["epochs", "height", "width", "batch_size", "num_instances", "num_videos", "num_frames",
                 "delta_max", "visits_per_epoch", "queue_size", "hard_negatives"]
     problems += [f"--{k.replace('_', '-')} {getattr(args, k)} must be >= 1"
                  for k in positive if getattr(args, k) < 1]
     if args.lr <= 0 or args.weight_decay < 0 or args.warmup_epochs < 0:
         problems.append("--lr must be > 0, --weight-decay and --warmup-epochs >= 0")
-    if args.threads is not None and args.threads < 1:
-        problems.append(f"--threads {args.threads} must be >= 1")
     if args.method == "supervised" and args.batch_size % args.num_instances:
         problems.append(f"--batch-size {args.batch_size} must be a multiple of --num-instances "
                         f"{args.num_instances} (batch = P identities x K images)")
+    if args.method == "isr" and args.batch_size < 2:
+        problems.append(f"--batch-size {args.batch_size}: ISR matches crops within a super frame of --batch-size "
+                        "images, and one image has nothing to match (the loss would be 0); use >= 2")
     if args.frames_per_video < 2:
         problems.append(f"--frames-per-video {args.frames_per_video} must be >= 2 (frames are paired)")
     if args.color_jitter < 0 or args.pad < 0:
         problems.append("--color-jitter and --pad must be >= 0")
-    if args.gamma < 0 or args.tau <= 0 or args.queue_weight < 0:
-        problems.append("--gamma and --queue-weight must be >= 0, --tau > 0")
+    finite = {k: getattr(args, k) for k in ("gamma", "tau", "queue_weight", "margin", "lr", "weight_decay",
+                                            "warmup_epochs", "color_jitter", "random_erasing", "momentum")}
+    problems += [f"--{k.replace('_', '-')} {v} must be a finite number" for k, v in finite.items() if not math.isfinite(v)]
+    if args.gamma < 0 or args.tau <= 0 or args.queue_weight < 0 or args.margin < 0:
+        problems.append("--gamma, --queue-weight and --margin must be >= 0, --tau > 0")
+    if not 0 <= args.random_erasing <= 1:
+        problems.append(f"--random-erasing {args.random_erasing} must be a probability in [0, 1]")
     if not 0 <= args.momentum < 1:
         problems.append(f"--momentum {args.momentum} must be in [0, 1)")
     if args.method != "supervised" and (args.dataset is not None or args.root is not None):

@@ -14,14 +14,12 @@ import time
 import torch
 
 from timm_reid import distributed
-from timm_reid.pretrain.config import check_args, get_args_parser, resolve_args
+from timm_reid.pretrain.config import RUNTIME_OPTIONS, check_args, check_resume_options, get_args_parser, resolve_args
 from timm_reid._runlock import RunLock
 from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir, seed_all, write_json
 
 __all__ = ["main", "pretrain", "build_backbone"]
 
-# Options that may differ between the interrupted and the resuming command.
-_RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
 
 
 def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
@@ -36,6 +34,7 @@ def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
     unknown = sorted(set(options) - set(vars(args)))
     if unknown:
         raise ValueError(f"unknown pretraining option(s) {unknown}; valid: {', '.join(sorted(vars(args)))}")
+    check_resume_options(options.get("resume"), options)
     for key, value in options.items():
         setattr(args, key, value)
     return main(args, pair_hook=pair_hook)
@@ -68,7 +67,7 @@ def _resume(args):
     prepare_run_dir(args.resume, resuming=True)
     state = load_state(args.resume)
     stored = argparse.Namespace(**{**vars(get_args_parser().parse_args(["--method", "isr"])), **state["args"]})
-    for key in _RUNTIME_OPTIONS:
+    for key in RUNTIME_OPTIONS:
         setattr(stored, key, getattr(args, key))
     stored.resume, stored.output = args.resume, args.resume
     return stored, state

@@ -17,6 +17,7 @@ import zipfile
 import numpy as np
 import torch
 
+from timm_reid._records import looks_like_torch_file
 from timm_reid.train.errors import CheckpointError
 
 STAGE_INDEX = {"intra": 0, "inter": 1}
@@ -57,6 +58,9 @@ def load_checkpoint(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not looks_like_torch_file(path):  # random bytes also end here
+            raise CheckpointError(f"{path} is not a readable timm-reid checkpoint (not a torch file). Re-copy it, "
+                                  "or use the run's other checkpoint (final.pth / last.pth).") from None
         # weights_only refuses globals it does not know: a crafted or foreign pickle.
         raise CheckpointError(
             f"{path} is not a readable timm-reid checkpoint: it holds Python objects that only "

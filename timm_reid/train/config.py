@@ -12,10 +12,12 @@ method adds its own group ("method iics", "method ice", ...) from its module.
 import argparse
 import math
 import os
+import warnings
 from importlib import resources
 
 import yaml
 
+from timm_reid._cli import default_device, runtime_problems
 from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import METHODS, get_method
@@ -29,12 +31,6 @@ RESUME_FLAGS = ("resume", "threads", "workers", "no_progress", "no_plots", "devi
 PROG = "python -m timm_reid.train"
 # Facts a run's config.yaml records that are not options (a config.yaml given as --config skips them).
 RECORDED_ONLY = ("world_size",)
-
-
-def _default_device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _dataset_names():
@@ -76,7 +72,7 @@ def _add_config_arguments(parser):
     g.add_argument("--seed", default=0, type=int, help="seed of everything (data generation included)")
     g.add_argument("--threads", default=None, type=int,
                    help="torch CPU threads per process (None: all cores, shared by the torchrun processes)")
-    g.add_argument("--device", default=_default_device(),
+    g.add_argument("--device", default=default_device(),
                    help="torch device (default: cuda when available; under torchrun each process takes "
                         "cuda:LOCAL_RANK)")
     g.add_argument("--dist-timeout", default=1800.0, type=float, metavar="SECONDS",
@@ -134,7 +130,8 @@ def _add_model_arguments(parser):
     g.add_argument("--calibrate-aibn", default=0, type=int, metavar="N",
                    help="before training, set the AIBN running statistics to those of N training images (no "
                         "labels; timm_reid.layers.calibrate_aibn), so that the first evaluation and clustering "
-                        "see calibrated AIBN layers; 0: off")
+                        "see calibrated AIBN layers; 0: off. With --aibn-entry blend over LayerNorms (ConvNeXt) "
+                        "the start does not change (the blend weight starts at 0; the run warns)")
     g.add_argument("--calibrate-aibn-affine", default=False, action=argparse.BooleanOptionalAction,
                    help="with --calibrate-aibn: also refit each AIBN affine to match the unpatched norm's "
                         "output (least squares per channel)")
@@ -208,13 +205,26 @@ def _checked_value(action, value, path):
     return _checked_scalar(action, value, where, flag)
 
 
+def _yaml_text_note(value, kind):
+    """YAML 1.1 reads ``1e-3`` (no dot) as text: say so, and how to write the number."""
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return (f"; YAML read {value} as text (YAML 1.1 numbers need a dot and a signed exponent, e.g. "
+                f"1.0e-3, or write 0.001)")
+    return ""
+
+
 def _checked_scalar(action, value, where, flag):
     kind = action.type or str
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str)}.get(kind, True)
     if not ok:
-        raise ConfigError(f"{where} is not {'an' if kind is int else 'a'} {kind.__name__} (as {flag})")
+        raise ConfigError(f"{where} is not {'an' if kind is int else 'a'} {kind.__name__} (as {flag})"
+                          + _yaml_text_note(value, kind))
     value = float(value) if kind is float else value
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{where} is not one of {', '.join(map(str, action.choices))} (as {flag})")
@@ -237,17 +247,51 @@ def parse_args(argv=None):
     if first.config is not None:
         if not os.path.isfile(first.config):
             raise ConfigError(f"--config {first.config}: no such file")
-        parser.set_defaults(**load_yaml(first.config, parser))
-    return parser.parse_args(argv)
+        values = load_yaml(first.config, parser)
+        _refuse_resume_in_config_file(first.config, values)
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        _refuse_options_of_other_methods(argv, args.method)
+    return args
+
+
+def _explicit_dests(argv):
+    """The options given on the command line ``argv`` itself (not by defaults, presets or files)."""
+    explicit = get_args_parser(add_help=False)
+    for action in explicit._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(explicit.parse_known_args(argv)[0]))
+
+
+def _refuse_resume_in_config_file(path, values):
+    if values.get("resume") is not None and set(values) - set(RESUME_FLAGS):
+        others = ", ".join(sorted(set(values) - set(RESUME_FLAGS)))
+        raise ConfigError(f"{path} holds resume: {values['resume']} and other options ({others}), which resuming "
+                          "would ignore (a resumed run keeps its stored options); pass --resume RUN_DIR on the "
+                          "command line, or drop resume: to start a new run with these options")
+
+
+# Options of a method group that the shared harness reads for every method (evaluation).
+_READ_BY_EVERY_METHOD = {"camera_aggregate"}
+
+
+def _refuse_options_of_other_methods(argv, method):
+    groups = {g.title: {a.dest for a in g._group_actions} for g in get_args_parser(add_help=False)._action_groups}
+    own = groups.get(f"method {method}", set())
+    others = set().union(*(dests for title, dests in groups.items()
+                           if title.startswith("method ") and title != f"method {method}"))
+    foreign = sorted((_explicit_dests(argv) & others) - own - _READ_BY_EVERY_METHOD)
+    if foreign:
+        flags = ", ".join("--" + d.replace("_", "-") for d in foreign)
+        raise ConfigError(f"{flags} belong(s) to another method than --method {method} and would be ignored; drop "
+                          f"them, or choose the method they belong to (see {PROG} --help, groups 'method ...')")
 
 
 def _refuse_flags_ignored_by_resume(argv, first):
     if first.resume is None:
         return
-    explicit = get_args_parser(add_help=False)
-    for action in explicit._actions:
-        action.default = argparse.SUPPRESS
-    given = sorted(set(vars(explicit.parse_known_args(argv)[0])) - set(RESUME_FLAGS))
+    given = sorted(_explicit_dests(argv) - set(RESUME_FLAGS))
     if given:
         flags = ", ".join("--" + g.replace("_", "-") for g in given)
         raise ConfigError(f"--resume {first.resume} continues the run with the options stored in it, so these "
@@ -259,6 +303,25 @@ def _refuse_flags_ignored_by_resume(argv, first):
 def save_config(args, path):
     with open(path, "w") as f:
         yaml.safe_dump(dict(sorted(vars(args).items())), f, sort_keys=False)
+
+
+def _check_patch_flags(args):
+    from timm_reid.options import PatchOptions
+
+    try:
+        PatchOptions.from_flags(argparse.Namespace(**{k: getattr(args, k) for k in model_option_names()}), 1)
+    except (TypeError, ValueError) as e:  # named after the patch keyword; the flag adds aibn_/tnorm_
+        raise ConfigError(f"model options: {e} (flags --aibn-KEY / --tnorm-KEY / --KEY set the patch option KEY)") from None
+
+
+def warn_ineffective_options(args):
+    """Warn about options that are valid but change nothing here (README "Train" says so too)."""
+    converts = getattr(args, "convert_prob", 0) > 0 or getattr(args, "camera_aggregate", False)
+    if args.tnorm and args.tnorm_mode == "transform" and not converts:
+        warnings.warn(f"--tnorm {' '.join(map(str, args.tnorm))} in --tnorm-mode transform changes no output "
+                      "without conversion (--convert-prob > 0 or --camera-aggregate): it only records per-camera "
+                      "statistics. Add a conversion option, use --tnorm-mode normalize, or drop --tnorm.",
+                      UserWarning, stacklevel=2)
 
 
 def check_args(args):
@@ -273,9 +336,16 @@ def check_args(args):
     for name in ("lr", "backbone_lr_mult"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
-    for name in ("weight_decay", "momentum"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if not 0 <= args.momentum < 1:
+        raise ConfigError(f"--momentum {args.momentum} must lie in [0, 1) (SGD momentum; 1 and above diverge)")
+    if args.pad < 0:
+        raise ConfigError(f"--pad must be >= 0 pixels, got {args.pad}")
+    problems = runtime_problems(args)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    _check_patch_flags(args)
     if not 0 <= args.lambda_value <= 1:
         raise ConfigError(f"--lambda-value must lie in [0, 1], got {args.lambda_value}")
     if not 0 <= args.random_erasing <= 1:
@@ -286,8 +356,7 @@ def check_args(args):
         raise ConfigError("--calibrate-aibn needs AIBN layers: add --aibn STAGE ...")
     if args.calibrate_aibn_affine and not args.calibrate_aibn:
         raise ConfigError("--calibrate-aibn-affine refits during calibration: give --calibrate-aibn N too")
-    if not args.dist_timeout > 0:
-        raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    warn_ineffective_options(args)
     if args.eval_every < 0:
         raise ConfigError(f"--eval-every must be >= 0, got {args.eval_every}")
     given = [flag for flag, on in (("--pretrained", args.pretrained), ("--checkpoint-path", args.checkpoint_path),

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -372,6 +373,22 @@ def calibrate_initial_aibn(net, args, dataset, transform):
         reference = build_net_from_args(unpatched, dataset.num_cameras).backbone
     seen = calibrate_aibn(net.backbone, batches, reference=reference)
     log.info(f"AIBN calibrated on {seen} training images" + (" (statistics and affine)" if reference else ""))
+    _warn_if_calibration_changes_nothing(net.backbone, refit=reference is not None)
+
+
+def _warn_if_calibration_changes_nothing(backbone, *, refit):
+    """Blended AIBNs over a LayerNorm at blend 0 compute the LayerNorm itself: statistics calibrated
+    there do not change the start (a BatchNorm base reads the calibrated running statistics)."""
+    from timm_reid.layers.blend import BlendedAIBN
+
+    blended = [m for m in backbone.modules() if isinstance(m, BlendedAIBN)]
+    unchanged = [m for m in blended if m.base == "layernorm" and float(m.blend_weight()) == 0.0]
+    if blended and len(unchanged) == len(blended) and not refit:
+        message = (f"--calibrate-aibn changed no output at the start: all {len(blended)} AIBN layers are blended into "
+                   "LayerNorms from weight 0 (--aibn-entry blend), so their calibrated statistics matter only once "
+                   "training blends them in; use --aibn-entry replace for a calibrated start")
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
