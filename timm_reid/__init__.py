@@ -1,7 +1,7 @@
 """timm-reid: camera-robust normalization (AIBN, TNorm) for person re-identification on timm."""
 from . import cluster, evaluation, functional, layers, models  # models: registers convnext_iso_*
 from .evaluation import evaluate, extract_features
-from .backbone import load_backbone, save_backbone
+from .backbone import load_backbone, save_backbone, save_hub_folder
 from .factory import create_model
 from .layers import AIBN, TNorm, cameras
 from .options import OptionsMismatch, PatchOptions
@@ -29,5 +29,6 @@ __all__ = [
     "patch",
     "patch_options",
     "save_backbone",
+    "save_hub_folder",
     "__version__",
 ]

@@ -206,3 +206,29 @@ def check_stored_options(model: torch.nn.Module, checkpoint: Mapping[str, Any], 
     if OPTIONS_KEY in checkpoint:
         stored = PatchOptions.from_dict(checkpoint[OPTIONS_KEY], source=source)
         patch_options(model).check_weights_fit(stored, source)
+
+
+HUB_WEIGHTS_FILE = "model.safetensors"  # timm's name for the weights of a hub-style folder
+
+
+def hub_folder(model_name: str) -> Optional[str]:
+    """The folder of a timm ``local-dir:FOLDER`` name whose ``config.json`` records a patch, else None."""
+    if not isinstance(model_name, str) or not model_name.startswith("local-dir:"):
+        return None
+    folder = model_name[len("local-dir:"):]
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None  # timm reports a missing or damaged config.json itself
+    return folder if isinstance(config, dict) and METADATA_KEY in config else None
+
+
+def hub_folder_options(folder: str) -> PatchOptions:
+    """The patch options recorded in a hub-style folder's ``config.json`` (`save_hub_folder`)."""
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as f:
+        entry = json.load(f)[METADATA_KEY]
+    if not isinstance(entry, dict) or "patch" not in entry:
+        raise ValueError(f"{path}: the {METADATA_KEY!r} entry must be an object holding 'patch'")
+    return PatchOptions.from_dict(entry["patch"], source=f"{path} ({METADATA_KEY})")

@@ -25,7 +25,8 @@ from torch import nn
 from ._records import FORMAT_VERSION, METADATA_KEY, check_timm_kwargs, read_record
 from .surgery import patch_options
 
-__all__ = ["save_backbone", "load_backbone", "read_backbone_metadata", "BACKBONE_FILE", "FORMAT_VERSION"]
+__all__ = ["save_backbone", "load_backbone", "read_backbone_metadata", "save_hub_folder", "BACKBONE_FILE",
+           "FORMAT_VERSION"]
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -72,6 +73,20 @@ def save_backbone(
     save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(record)})
     os.replace(tmp, path)
     return path
+
+
+def save_hub_folder(model: nn.Module, folder: str, **save_for_hf_kwargs: Any) -> str:
+    """timm's hub-style folder of ``model`` (``config.json`` + ``model.safetensors``, what
+    ``timm.models.push_to_hf_hub`` uploads), with the patch options recorded in ``config.json``
+    under ``"timm_reid"``, so that ``timm_reid.create_model("local-dir:" + folder, pretrained=True)``
+    rebuilds the patched model. ``save_for_hf_kwargs`` go to ``timm.models.save_for_hf``
+    (``data_config=``, ``model_args=``). Plain timm cannot load a patched folder (it builds the
+    unpatched model). Returns ``folder``."""
+    from timm.models import save_for_hf
+
+    record = {METADATA_KEY: {"format_version": FORMAT_VERSION, "patch": patch_options(model).to_dict()}}
+    save_for_hf(model, folder, model_config=record, safe_serialization=True, **save_for_hf_kwargs)
+    return folder
 
 
 def read_backbone_metadata(path: str) -> Dict[str, Any]:

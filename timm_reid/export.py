@@ -83,8 +83,18 @@ def export_onnx(
 ) -> str:
     """Export ``model`` (wrapped in :class:`ExportableReID`, converting when ``targets`` is given) to
     ONNX at ``path`` with inputs ``x``, ``camids`` (and ``targets``); the batch dimension stays
-    dynamic unless ``dynamic_batch=False``. Needs ``onnx`` and ``onnxscript``. Returns ``path``."""
-    net = ExportableReID(model, convert=targets is not None)
+    dynamic unless ``dynamic_batch=False``. Needs ``onnx`` and ``onnxscript`` (``pip install
+    "timm-reid[onnx]"``). ``model`` keeps its training mode (every submodule's). Returns ``path``."""
+    modes = [(m, m.training) for m in model.modules()]  # export needs eval; the caller's model keeps its modes
+    try:
+        return _export(ExportableReID(model, convert=targets is not None), path, x, camids, targets,
+                       dynamic_batch=dynamic_batch, output_names=output_names)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _export(net, path, x, camids, targets, *, dynamic_batch, output_names):
     inputs = (x, camids) if targets is None else (x, camids, targets)
     names = ["x", "camids", "targets"][: len(inputs)]
     dynamic_shapes = None

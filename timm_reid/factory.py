@@ -16,13 +16,14 @@ on a `num_classes=0` model) should go through timm's own pretrained loading inst
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Dict, Optional, Set
 
 import timm
 from torch import nn
 
-from ._records import read_weights
+from ._records import HUB_WEIGHTS_FILE, hub_folder, hub_folder_options, read_weights
 from .layers.blend import BlendedAIBN
 from .options import PatchOptions
 from .surgery import apply_config, patch_options, warn_if_pretrained_layernorms_replaced
@@ -50,13 +51,22 @@ def create_model(
 
     Args:
         model_name: any timm model name of a supported family (see `timm_reid.patch`), including
-            `convnext_iso_*`.
+            `convnext_iso_*`; or `local-dir:FOLDER`, a hub-style folder written by
+            `timm_reid.save_hub_folder` (its recorded patch options are applied, and with
+            `pretrained=True` its weights load after patching).
         checkpoint_path: `.pth`/`.pth.tar` (plain state_dict, or a dict holding it under
             "state_dict" or "model") or `.safetensors`, saved from the unpatched or the patched
             model; loaded after patching. Patch options stored with the weights (a backbone file's
             record, a timm-reid checkpoint) must fit this model's (`PatchOptions.check_weights_fit`).
     """
-    options = PatchOptions.from_keywords(options, {k: kwargs.pop(k) for k in list(kwargs) if k in _PATCH_FIELDS})
+    keywords = {k: kwargs.pop(k) for k in list(kwargs) if k in _PATCH_FIELDS}
+    folder = hub_folder(model_name)
+    if folder is not None:  # a patched model's hub-style folder: patch first, then load its weights
+        options, checkpoint_path = _hub_options(folder, options, keywords), _hub_weights(folder, pretrained,
+                                                                                         checkpoint_path)
+        pretrained = False
+    else:
+        options = PatchOptions.from_keywords(options, keywords)
     model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     unpatched_keys = set(model.state_dict())
     apply_config(model, options)
@@ -64,6 +74,22 @@ def create_model(
         load_checkpoint(model, checkpoint_path, unpatched_keys)
         warn_if_pretrained_layernorms_replaced(model)
     return model
+
+
+def _hub_options(folder: str, options: Optional[PatchOptions], keywords: Dict[str, Any]) -> PatchOptions:
+    """The folder's recorded options; options given as well must fit them."""
+    stored = hub_folder_options(folder)
+    if options is None and not keywords:
+        return stored
+    given = PatchOptions.from_keywords(options, keywords)
+    given.check_weights_fit(stored, f"{folder}/config.json")
+    return given
+
+
+def _hub_weights(folder: str, pretrained: bool, checkpoint_path: Optional[str]) -> Optional[str]:
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("give pretrained=True (the folder's weights) or checkpoint_path, not both")
+    return os.path.join(folder, HUB_WEIGHTS_FILE) if pretrained else checkpoint_path
 
 
 def load_checkpoint(model: nn.Module, checkpoint_path: str, unpatched_keys: Set[str]) -> None:

@@ -13,7 +13,7 @@ from ._autograd import adaptive_norm
 from ._checks import check_count, check_gate_init
 from .backend import check_backend, layer_backend, triton_ops
 
-__all__ = ["AIBN", "inside_backward"]
+__all__ = ["AIBN", "inside_backward", "recording_graph"]
 
 
 def inside_backward() -> bool:
@@ -26,6 +26,16 @@ def inside_backward() -> bool:
         # side effects; asking autograd here would only break the graph.
         return False
     return torch._C._current_graph_task_id() != -1
+
+
+def recording_graph() -> bool:
+    """True while a forward is recorded rather than run: ``torch.jit.trace``, the TorchScript-based
+    ONNX exporter, ``torch.compile`` / ``torch.export`` (dynamo).
+
+    The fused autograd.Function of the torch path is opaque to these recorders (trace checks fail,
+    dynamo loses its placeholders), so eval forwards take the plain-ops reference path while one runs.
+    """
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class AIBN(nn.Module):
@@ -83,6 +93,7 @@ class AIBN(nn.Module):
         self.gate = gate if gate is not None else nn.Parameter(torch.full((1,), gate_init))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
+        self.register_state_dict_post_hook(_gate_entry_of_its_own)
 
     def reset_running_stats(self) -> None:
         self.running_mean.zero_()
@@ -99,8 +110,10 @@ class AIBN(nn.Module):
                 training=self.training, momentum=self.momentum, eps=self.eps, mix=self.mix,
                 channels_last=self.channels_last, process_group=self.process_group,
             )
-        if not self.training and not (torch.is_grad_enabled() and _any_requires_grad(x, self.weight, self.bias, self.gate)):
-            # Inference: the reference math itself (plain ops, traceable by export and compile).
+        if not self.training and (recording_graph() or not (torch.is_grad_enabled() and _any_requires_grad(
+                x, self.weight, self.bias, self.gate))):
+            # Inference, and any eval forward a tracer or compiler records: the reference math itself
+            # (plain ops, which autograd differentiates and every exporter understands).
             return F.aibn(
                 x, self.weight, self.bias, self.gate, self.running_mean, self.running_var,
                 training=False, eps=self.eps, mix=self.mix, channels_last=self.channels_last,
@@ -120,6 +133,21 @@ class AIBN(nn.Module):
             f"{self.num_features}, mix={self.mix!r}, eps={self.eps}, momentum={self.momentum}, "
             f"channels_last={self.channels_last}, backend={self.backend!r}"
         )
+
+
+def _gate_entry_of_its_own(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """``state_dict`` post-hook: a copy of the gate under this AIBN's key.
+
+    A shared gate (``patch(gate="block")``) is one Parameter listed under every AIBN that holds it;
+    detached views of one storage make ``safetensors.torch.save_file(model.state_dict())`` and
+    timm's hub saving refuse the dict. A one-element copy per key removes the sharing (loading
+    writes the same value into the shared Parameter once per key). ``keep_vars=True`` entries (the
+    Parameters themselves) stay as they are.
+    """
+    key = prefix + "gate"
+    value = state_dict.get(key)
+    if value is not None and not isinstance(value, nn.Parameter):
+        state_dict[key] = value.clone()
 
 
 def _any_requires_grad(*tensors: Optional[Tensor]) -> bool:
