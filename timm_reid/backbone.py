@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from ._permissions import as_umask_allows
 from ._records import FORMAT_VERSION, METADATA_KEY, check_timm_kwargs, read_record
 from .surgery import patch_options
 
@@ -71,6 +72,7 @@ def save_backbone(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(record)})
+    as_umask_allows(tmp)  # safetensors writes 0600
     os.replace(tmp, path)
     return path
 
@@ -86,6 +88,7 @@ def save_hub_folder(model: nn.Module, folder: str, **save_for_hf_kwargs: Any) ->
 
     record = {METADATA_KEY: {"format_version": FORMAT_VERSION, "patch": patch_options(model).to_dict()}}
     save_for_hf(model, folder, model_config=record, safe_serialization=True, **save_for_hf_kwargs)
+    as_umask_allows(os.path.join(folder, "model.safetensors"))  # safetensors writes 0600
     return folder
 
 

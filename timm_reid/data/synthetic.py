@@ -59,6 +59,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from timm_reid._permissions import as_umask_allows
 from timm_reid.data.layouts import Record, ReIDDataset, load_market1501, split_query_gallery
 
 __all__ = ["SyntheticConfig", "generate_synthetic", "load_synthetic", "save_contact_sheet",
@@ -577,7 +578,7 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     # and concurrent writers of the same cache folder cannot mix their files.
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    tmp = as_umask_allows(tempfile.mkdtemp(prefix=".synthetic-", dir=parent))  # mkdtemp: 0700
     try:
         counts = _write_images(tmp, config)
         meta = {"generator": "timm_reid.data.synthetic", "format_version": _FORMAT_VERSION,

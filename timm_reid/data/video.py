@@ -48,6 +48,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from timm_reid._permissions import as_umask_allows
 from timm_reid.data.synthetic import (_Camera, _Painter, _apply_photometric, _rng, _sample_identity,
                                       _sample_photometric, _sample_scene)
 
@@ -243,7 +244,7 @@ def generate_video(out: str | os.PathLike, config: VideoConfig | None = None, **
     start = time.perf_counter()
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".video-", dir=parent)
+    tmp = as_umask_allows(tempfile.mkdtemp(prefix=".video-", dir=parent))  # mkdtemp: 0700
     try:
         with open(os.path.join(tmp, TRACKS_FILE), "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
