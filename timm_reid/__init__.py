@@ -7,7 +7,7 @@ from .layers import AIBN, TNorm, cameras
 from .options import OptionsMismatch, PatchOptions
 from .surgery import Description, PatchedLayer, describe, patch, patch_options
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AIBN",
