@@ -84,3 +84,14 @@ def test_overwrite_checks_the_data_it_keeps_before_deleting_anything(tmp_path, c
     _refused(tiny_argv(run, "--overwrite"), capsys, match="which --overwrite keeps")
     assert (run / "final_metrics.json").read_text() == "{}"
     assert sorted(os.listdir(run)) == ["data", "final_metrics.json"]
+
+
+def test_a_truncated_image_is_one_paragraph_and_status_2(tmp_path, capsys, market_dir):
+    import shutil
+
+    root = tmp_path / "Market-1501"
+    shutil.copytree(market_dir, root)
+    victim = sorted((root / "query").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    _refused(tiny_argv(tmp_path / "run", "--dataset", "market1501", "--root", str(root)), capsys,
+             match=f"cannot read image {victim}")
