@@ -14,7 +14,6 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pi
 pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install timm-reid[test])")
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
-NOTEBOOK = os.path.join(NOTEBOOKS, "quickstart.ipynb")
 
 
 def _stream_text(nb):
@@ -42,15 +41,23 @@ def test_stored_notebook_has_outputs_and_matches_its_builder(name):
     assert [cell.source for cell in nb.cells] == [src for _, src in builder.CELLS], "rebuild: python notebooks/build_*.py"
 
 
-def test_embed_notebook_executes(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIMM_REID_EMBED_TINY", "1")
-    monkeypatch.setenv("TIMM_REID_EMBED_DIR", str(tmp_path))
+def _execute(name, tmp_path, monkeypatch):
+    """Run ``notebooks/NAME.ipynb`` at tiny settings in ``tmp_path``; returns its printed text
+    (``CellExecutionError`` names a failing cell)."""
+    prefix = f"TIMM_REID_{name.upper()}"
+    monkeypatch.setenv(f"{prefix}_TINY", "1")
+    monkeypatch.setenv(f"{prefix}_DIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "embed.ipynb"), as_version=4)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    outputs = _stream_text(nb)
+    return _stream_text(nb)
+
+
+def test_embed_notebook_executes(tmp_path, monkeypatch):
+    outputs = _execute("embed", tmp_path, monkeypatch)
     for text in ("tiny=True", "torchreid-style loop, own features: mAP", "extract_features (flip averaged): mAP",
                  "cluster-contrast-style loop: mAP", "DDP over 1 process(es)", "DDP loop: mAP", "restored"):
         assert text in outputs, text
@@ -61,14 +68,7 @@ def test_recipes_notebook_executes(tmp_path, monkeypatch):
     """torchreid engine and fast-reid meta-architecture subclasses (against stand-in base classes:
     neither library is installed) that pass the batch's camera ids through timm_reid.cameras, and
     the cluster-contrast loop with scikit-learn's DBSCAN."""
-    monkeypatch.setenv("TIMM_REID_RECIPES_TINY", "1")
-    monkeypatch.setenv("TIMM_REID_RECIPES_DIR", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "recipes.ipynb"), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = _stream_text(nb)
+    outputs = _execute("recipes", tmp_path, monkeypatch)
     for text in ("tiny=True", "plain engine refused: training in mode='transform' needs camera ids",
                  "TNorm statistics recorded for 4 of 4 cameras", "fast-reid style: 2 steps",
                  "DBSCAN eps", "DBSCAN loop: mAP"):
@@ -77,16 +77,7 @@ def test_recipes_notebook_executes(tmp_path, monkeypatch):
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIMM_REID_QUICKSTART_TINY", "1")
-    monkeypatch.setenv("TIMM_REID_QUICKSTART_DIR", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError naming the failing cell
-
-    outputs = _stream_text(nb)
+    outputs = _execute("quickstart", tmp_path, monkeypatch)
     assert "tiny=True" in outputs
     assert "AIBN" in outputs and "TNorm" in outputs  # describe() table and the statistics printout
     assert "camera R^2" in outputs
