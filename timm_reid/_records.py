@@ -126,7 +126,8 @@ def read_record(path: str) -> Dict[str, Any]:
     try:
         record = json.loads(metadata[METADATA_KEY])
     except ValueError as exc:
-        raise ValueError(f"{path} (backbone record): the metadata is not valid JSON ({exc}); the file is damaged") from None
+        raise ValueError(f"{path} (backbone record): the metadata is not valid JSON ({exc}); "
+                         "the file is damaged") from None
     return check_record(record, path)
 
 
@@ -147,7 +148,8 @@ def read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[PatchOpti
         if not looks_like_torch_file(path):
             raise ValueError(f"{path} is not a readable checkpoint (not a torch file: {_last_line(exc)})") from None
         raise ValueError(f"{path} holds Python objects that only unpickling could rebuild, which timm-reid never "
-                         "does; save a plain state_dict (torch.save(model.state_dict(), path)) or safetensors") from None
+                         "does; save a plain state_dict (torch.save(model.state_dict(), path)) or "
+                         "safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
         raise ValueError(f"{path} is not a readable checkpoint (truncated, empty or not a torch file: "
                          f"{type(exc).__name__}: {str(exc).strip()[:200]})") from None
@@ -174,8 +176,10 @@ def looks_like_torch_file(path: str) -> bool:
 
 
 def _last_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-2 if len(lines) > 1 and lines[-1].startswith("Check the documentation") else -1][:200] if lines else ""
+    """The line of torch's weights_only message that says what was found (not its closing advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()
+             and not line.strip().startswith("Check the documentation")]
+    return lines[-1][:200] if lines else ""
 
 
 def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[PatchOptions]]:

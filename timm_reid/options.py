@@ -143,8 +143,9 @@ class PatchOptions:
         if not isinstance(options, cls):
             raise TypeError(f"options must be a timm_reid.PatchOptions, got {type(options).__name__}")
         if keywords:
-            raise TypeError(f"give the patch options as one PatchOptions or as keywords, not both (got {sorted(keywords)} "
-                            "besides options=); use dataclasses.replace(options, ...) to change some")
+            raise TypeError(f"give the patch options as one PatchOptions or as keywords, not both (got "
+                            f"{sorted(keywords)} besides options=); use dataclasses.replace(options, ...) to "
+                            "change some")
         return options
 
     @classmethod

@@ -25,7 +25,8 @@ What happens to the model:
   one shared `CameraContext`; a forward hook clears it (also when the forward raises).
 - `last_stride=1`: see `_families.unstride_stage4`.
 - The patch options are recorded as `model.timm_reid_config` (`PatchOptions.to_dict()`, the
-  keywords of `create_model`; `patch_options(model)` gives the `PatchOptions`), so `timm_reid.create_model(name, **model.timm_reid_config)` rebuilds the model.
+  keywords of `create_model`; `patch_options(model)` gives the `PatchOptions`), so
+  `timm_reid.create_model(name, **model.timm_reid_config)` rebuilds the model.
 
 Modules are swapped in, never changed in behaviour by rebinding `forward`; AIBN and TNorm are not
 `_BatchNorm` subclasses, so timm's BatchNorm converters leave them alone.

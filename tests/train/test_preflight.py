@@ -95,3 +95,20 @@ def test_a_truncated_image_is_one_paragraph_and_status_2(tmp_path, capsys, marke
     victim.write_bytes(victim.read_bytes()[:40])
     _refused(tiny_argv(tmp_path / "run", "--dataset", "market1501", "--root", str(root)), capsys,
              match=f"cannot read image {victim}")
+
+
+def test_a_dataset_with_one_camera_is_refused_before_any_file(tmp_path, capsys, market_dir):
+    import re
+    import shutil
+
+    root = tmp_path / "Market-1501"
+    shutil.copytree(market_dir, root)
+    for image in sorted(root.rglob("*.jpg")):
+        target = image.with_name(re.sub(r"_c\d", "_c1", image.name))
+        if target.exists():
+            image.unlink()
+        else:
+            image.rename(target)
+    run = tmp_path / "run"
+    _refused(tiny_argv(run, "--dataset", "market1501", "--root", str(root)), capsys, match="has 1 camera")
+    assert not run.exists()

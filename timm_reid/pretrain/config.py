@@ -163,7 +163,8 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append("--color-jitter and --pad must be >= 0")
     finite = {k: getattr(args, k) for k in ("gamma", "tau", "queue_weight", "margin", "lr", "weight_decay",
                                             "warmup_epochs", "color_jitter", "random_erasing", "momentum")}
-    problems += [f"--{k.replace('_', '-')} {v} must be a finite number" for k, v in finite.items() if not math.isfinite(v)]
+    problems += [f"--{k.replace('_', '-')} {v} must be a finite number"
+                 for k, v in finite.items() if not math.isfinite(v)]
     if args.gamma < 0 or args.tau <= 0 or args.queue_weight < 0 or args.margin < 0:
         problems.append("--gamma, --queue-weight and --margin must be >= 0, --tau > 0")
     if not 0 <= args.random_erasing <= 1:

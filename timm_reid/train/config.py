@@ -311,7 +311,8 @@ def _check_patch_flags(args):
     try:
         PatchOptions.from_flags(argparse.Namespace(**{k: getattr(args, k) for k in model_option_names()}), 1)
     except (TypeError, ValueError) as e:  # named after the patch keyword; the flag adds aibn_/tnorm_
-        raise ConfigError(f"model options: {e} (flags --aibn-KEY / --tnorm-KEY / --KEY set the patch option KEY)") from None
+        raise ConfigError(f"model options: {e} (flags --aibn-KEY / --tnorm-KEY / --KEY set the patch "
+                          "option KEY)") from None
 
 
 def warn_ineffective_options(args):

@@ -107,10 +107,27 @@ def preflight(args):
     if args.dataset in (None, "synthetic"):
         _check_synthetic_options(args, output)
     else:
-        dataset = _checked(lambda: load_data(**data_options(args, output)), f"--dataset {args.dataset} --root {args.root}")
+        where = f"--dataset {args.dataset} --root {args.root}"
+        dataset = _checked(lambda: load_data(**data_options(args, output)), where)
         num_cameras = dataset.num_cameras
+        _check_evaluable(dataset, where)
         get_method(args.method).check_data(args, dataset)
     _check_model(args, num_cameras)
+
+
+def _check_evaluable(dataset, what):
+    """The test protocol scores a query against gallery images of its identity from other cameras;
+    a dataset with one camera (or no such pairs) cannot be evaluated, nor trained across cameras."""
+    if dataset.num_cameras < 2:
+        raise ConfigError(f"{what}: {dataset.name} has {dataset.num_cameras} camera; camera-aware training and "
+                          "the evaluation protocol (same-camera gallery images removed) need at least 2")
+    if dataset.query and dataset.gallery:
+        seen = {}
+        for record in dataset.gallery:
+            seen.setdefault(record.pid, set()).add(record.camid)
+        if not any(seen.get(q.pid, set()) - {q.camid} for q in dataset.query):
+            raise ConfigError(f"{what}: no query of {dataset.name} has a gallery image of its identity from another "
+                              "camera, so nothing can be evaluated; check the query and gallery folders")
 
 
 def _check_synthetic_options(args, output):
@@ -251,7 +268,8 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
         history[-1].update({k: v for k, v in final.items()})
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
     atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
-                 **options_entry(trainer.net.backbone), "num_cameras": ctx.num_cameras}, os.path.join(run_dir, "final.pth"))
+                 **options_entry(trainer.net.backbone), "num_cameras": ctx.num_cameras},
+                os.path.join(run_dir, "final.pth"))
     save_backbone(trainer.net.backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
                   input_size=(args.height, args.width),
                   extra={"method": args.method, "seed": args.seed, "dataset": args.dataset or "synthetic"})
