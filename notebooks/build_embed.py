@@ -26,8 +26,12 @@ multi-camera data:
    an InfoNCE loss against it;
 3. the same model under **DistributedDataParallel** (a one-process gloo group here; `torchrun` in real
    use);
+4. **torchreid's engine and fast-reid's meta-architecture**, code you do not own, which call the model
+   without camera ids: a three-line subclass of each passes the batch's ids through
+   `with timm_reid.cameras(...)`;
 
-and evaluates each with `timm_reid.evaluation.evaluate` on features the loop computed itself.
+and evaluates each with `timm_reid.evaluation.evaluate` on features the loop computed itself. The
+cluster-contrast loop also runs with scikit-learn's DBSCAN, as cluster-contrast clusters.
 With `TIMM_REID_EMBED_TINY=1` (the test suite) everything is so small that the numbers mean nothing."""),
     ("code", """import os
 import tempfile
@@ -220,6 +224,45 @@ for round_index in range(CLUSTER_ROUNDS):
     print(f"round {round_index + 1}: {clusters} clusters of {int((labels >= 0).sum())} images, loss {loss.item():.3f}")
 
 report("cluster-contrast-style loop", *own_features(ReIDModel(backbone, 1), test_loader));"""),
+    ("md", """### The same loop with DBSCAN
+
+Cluster-contrast (and ICE) cluster with DBSCAN on the k-reciprocal re-ranked distance; scikit-learn
+(a timm-reid dependency) runs it on the precomputed matrix. DBSCAN's `eps` is a distance: on
+Market-1501 cluster-contrast uses 0.6; on data of another size pick it from the distances, here the
+median distance of each image to its `min_samples`-th neighbour (the usual k-distance heuristic), so
+that about half the images are core points. Label -1 (noise) is left out of the round, as
+cluster-contrast does; `timm_reid.cluster.dbscan_jaccard` gives the same partition from the sparse
+Jaccard graph without the dense matrix (`python -m timm_reid.train --method ice` uses it)."""),
+    ("code", """import numpy as np
+from sklearn.cluster import DBSCAN
+
+MIN_SAMPLES = 4
+db_backbone = make_backbone()
+optimizer = torch.optim.AdamW(db_backbone.parameters(), lr=3e-4, weight_decay=5e-4)
+for round_index in range(CLUSTER_ROUNDS):
+    feats, _, _ = timm_reid.extract_features(db_backbone, plain_loader, progress=False)
+    dist = np.asarray(rerank(features=feats, k1=6, k2=3), dtype=np.float64)
+    eps = float(np.median(np.sort(dist, axis=1)[:, MIN_SAMPLES]))
+    labels = DBSCAN(eps=eps, min_samples=MIN_SAMPLES, metric="precomputed").fit_predict(dist)
+    clusters, noise = int(labels.max()) + 1, int((labels < 0).sum())
+    memory = ClusterMemory(torch.stack([feats[torch.as_tensor(labels == k)].mean(0) for k in range(clusters)]))
+    pseudo = relabel(dataset.train, labels)                       # noise (-1) left out
+    sampler = RandomIdentitySampler([r.pid for r in pseudo], num_instances=4, batch_size=16, seed=round_index)
+    loader = torch.utils.data.DataLoader(ImageDataset(pseudo, train_tf), batch_size=16, sampler=sampler)
+    db_backbone.train()
+    for step, (images, targets, camids, _) in enumerate(loader):
+        features = db_backbone(images, camids=camids)
+        loss = memory(features, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        memory.update(features.detach(), targets)
+        if step + 1 == STEPS:
+            break
+    print(f"round {round_index + 1}: DBSCAN eps {eps:.3f}: {clusters} clusters, {noise} noise images, "
+          f"loss {loss.item():.3f}")
+
+report("DBSCAN loop", *own_features(ReIDModel(db_backbone, 1), test_loader));"""),
     ("md", """## 3. DistributedDataParallel
 
 Patch the backbone **before** wrapping it. Through DDP the camera ids are ordinary forward
@@ -257,6 +300,131 @@ try:
     report("DDP loop", *own_features(ddp_model.module, test_loader))
 finally:
     dist.destroy_process_group()"""),
+    ("md", """## 4. Inside torchreid and fast-reid
+
+torchreid's engines call the model as `self.model(imgs)`, fast-reid's trainer as
+`model(batched_inputs)` whose backbone sees only `batched_inputs["images"]`: no camera ids reach the
+backbone, and a TNorm in training refuses to run without them (it would record nothing and later
+convert with untrained statistics). The recipe is a subclass that opens a `timm_reid.cameras` block
+around the step; everything the step runs in this thread (the forward and the backward) sees the
+batch's camera ids:
+
+```python
+class CameraAwareEngine(torchreid.engine.ImageSoftmaxEngine):
+    def forward_backward(self, data):
+        with timm_reid.cameras(data["camid"]):
+            return super().forward_backward(data)
+
+
+@META_ARCH_REGISTRY.register()            # fast-reid; config: META_ARCHITECTURE: CameraAwareBaseline
+class CameraAwareBaseline(fastreid.modeling.meta_arch.Baseline):
+    def forward(self, batched_inputs):
+        with timm_reid.cameras(batched_inputs["camids"]):
+            return super().forward(batched_inputs)
+```
+
+Neither library is a timm-reid dependency, so this notebook does not import them: each subclass
+runs against a **small stand-in base class** that does what the library's class does at that point
+(`ImageSoftmaxEngine.forward_backward`: parse the batch, `self.model(imgs)`, cross-entropy, step;
+`Baseline.forward`: images to the backbone, a loss dict in training, features in eval; the
+trainer's `run_step`). With the real library, drop the stand-ins: the subclasses are the same."""),
+    ("code", """class ImageSoftmaxEngine:
+    \"\"\"Stand-in for torchreid.engine.ImageSoftmaxEngine (forward_backward and a bare training loop).\"\"\"
+
+    def __init__(self, loader, model, optimizer):
+        self.loader, self.model, self.optimizer = loader, model, optimizer
+
+    def parse_data_for_train(self, data):
+        return data["img"], data["pid"]
+
+    def forward_backward(self, data):
+        imgs, pids = self.parse_data_for_train(data)
+        outputs = self.model(imgs)                      # no camera ids: torchreid does not know them
+        loss = F.cross_entropy(outputs, pids)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    def train(self, steps):
+        self.model.train()
+        for step, data in enumerate(self.loader):
+            summary = self.forward_backward(data)
+            if step + 1 == steps:
+                return summary
+
+
+class CameraAwareEngine(ImageSoftmaxEngine):     # the recipe: the same three lines on torchreid's class
+    def forward_backward(self, data):
+        with timm_reid.cameras(data["camid"]):
+            return super().forward_backward(data)
+
+
+class Baseline(nn.Module):
+    \"\"\"Stand-in for fastreid.modeling.meta_arch.Baseline: forward(batched_inputs).\"\"\"
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone, self.heads = backbone, nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, batched_inputs):
+        features = self.backbone(batched_inputs["images"])
+        if not self.training:
+            return features
+        return {"loss_cls": F.cross_entropy(self.heads(features), batched_inputs["targets"])}
+
+
+class CameraAwareBaseline(Baseline):             # the recipe: the same three lines on fast-reid's class
+    def forward(self, batched_inputs):
+        with timm_reid.cameras(batched_inputs["camids"]):
+            return super().forward(batched_inputs)
+
+
+def run_step(model, optimizer, data):
+    \"\"\"What fast-reid's SimpleTrainer.run_step does with one batch.\"\"\"
+    losses = sum(model(data).values())
+    optimizer.zero_grad()
+    losses.backward()
+    optimizer.step()
+    return losses.item()
+
+
+class TorchreidModel(nn.Module):
+    \"\"\"A torchreid-style model: logits in training, features in eval; forward(x) only.\"\"\"
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone, self.fc = backbone, nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x):
+        features = self.backbone(x)
+        return self.fc(features) if self.training else features
+
+
+def tnorm_rows_recorded(backbone):
+    \"\"\"Cameras whose TNorm running statistics moved away from their init (0 mean, 1 variance).\"\"\"
+    tnorm = next(m for m in backbone.modules() if isinstance(m, timm_reid.TNorm))
+    return int((tnorm.running_mean.abs().sum(1) > 0).sum())
+
+
+model = TorchreidModel(make_backbone(), dataset.num_train_pids)
+optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+try:
+    ImageSoftmaxEngine(train_loader, model, optimizer).train(STEPS)
+except ValueError as error:
+    print("plain engine refused:", str(error).split(":")[1].strip()[:90], "...")
+summary = CameraAwareEngine(train_loader, model, optimizer).train(STEPS)
+print(f"camera-aware engine: {STEPS} steps, loss {summary['loss']:.3f}, "
+      f"TNorm statistics recorded for {tnorm_rows_recorded(model.backbone)} of {NUM_CAMERAS} cameras")
+
+meta = CameraAwareBaseline(make_backbone(), dataset.num_train_pids).train()
+optimizer = torch.optim.AdamW(meta.parameters(), lr=3e-4)
+for step, batch in enumerate(train_loader):       # fast-reid's batch keys: images, targets, camids
+    loss = run_step(meta, optimizer, {"images": batch["img"], "targets": batch["pid"], "camids": batch["camid"]})
+    if step + 1 == STEPS:
+        break
+print(f"fast-reid style: {STEPS} steps, loss {loss:.3f}, "
+      f"TNorm statistics recorded for {tnorm_rows_recorded(meta.backbone)} of {NUM_CAMERAS} cameras")"""),
     ("md", """## Keep the trained backbone
 
 `timm_reid.save_backbone` writes the patched backbone (no heads) to one pickle-free safetensors file
