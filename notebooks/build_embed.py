@@ -198,18 +198,13 @@ class ClusterMemory(nn.Module):
             self.features[y] = F.normalize(self.momentum * self.features[y] + (1 - self.momentum) * f, dim=0)
 
 
-backbone = make_backbone()
-optimizer = torch.optim.AdamW(backbone.parameters(), lr=3e-4, weight_decay=5e-4)
-plain_loader = torch.utils.data.DataLoader(ImageDataset(dataset.train, test_tf), batch_size=64)
-for round_index in range(CLUSTER_ROUNDS):
-    feats, _, _ = timm_reid.extract_features(backbone, plain_loader, progress=False)
-    dist = rerank(features=feats, k1=6, k2=3)
-    labels = agglomerative(dist, n_clusters=max(4, len(feats) // 6), drop_singletons=True)  # singletons: -1
+def train_round(backbone, optimizer, feats, labels, *, seed):
+    \"\"\"One round on pseudo labels ``labels`` (-1: left out): a memory of the clusters' mean features,
+    InfoNCE against it, momentum updates after each step; returns the last loss.\"\"\"
     clusters = int(labels.max()) + 1
-    centroids = torch.stack([feats[torch.as_tensor(labels == k)].mean(0) for k in range(clusters)])
-    memory = ClusterMemory(centroids)
+    memory = ClusterMemory(torch.stack([feats[torch.as_tensor(labels == k)].mean(0) for k in range(clusters)]))
     pseudo = relabel(dataset.train, labels)
-    sampler = RandomIdentitySampler([r.pid for r in pseudo], num_instances=4, batch_size=16, seed=round_index)
+    sampler = RandomIdentitySampler([r.pid for r in pseudo], num_instances=4, batch_size=16, seed=seed)
     loader = torch.utils.data.DataLoader(ImageDataset(pseudo, train_tf), batch_size=16, sampler=sampler)
     backbone.train()
     for step, (images, targets, camids, _) in enumerate(loader):
@@ -221,7 +216,19 @@ for round_index in range(CLUSTER_ROUNDS):
         memory.update(features.detach(), targets)
         if step + 1 == STEPS:
             break
-    print(f"round {round_index + 1}: {clusters} clusters of {int((labels >= 0).sum())} images, loss {loss.item():.3f}")
+    return loss.item()
+
+
+backbone = make_backbone()
+optimizer = torch.optim.AdamW(backbone.parameters(), lr=3e-4, weight_decay=5e-4)
+plain_loader = torch.utils.data.DataLoader(ImageDataset(dataset.train, test_tf), batch_size=64)
+for round_index in range(CLUSTER_ROUNDS):
+    feats, _, _ = timm_reid.extract_features(backbone, plain_loader, progress=False)
+    dist = rerank(features=feats, k1=6, k2=3)
+    labels = agglomerative(dist, n_clusters=max(4, len(feats) // 6), drop_singletons=True)  # singletons: -1
+    clusters = int(labels.max()) + 1
+    loss = train_round(backbone, optimizer, feats, labels, seed=round_index)
+    print(f"round {round_index + 1}: {clusters} clusters of {int((labels >= 0).sum())} images, loss {loss:.3f}")
 
 report("cluster-contrast-style loop", *own_features(ReIDModel(backbone, 1), test_loader));"""),
     ("md", """### The same loop with DBSCAN
@@ -245,22 +252,8 @@ for round_index in range(CLUSTER_ROUNDS):
     eps = float(np.median(np.sort(dist, axis=1)[:, MIN_SAMPLES]))
     labels = DBSCAN(eps=eps, min_samples=MIN_SAMPLES, metric="precomputed").fit_predict(dist)
     clusters, noise = int(labels.max()) + 1, int((labels < 0).sum())
-    memory = ClusterMemory(torch.stack([feats[torch.as_tensor(labels == k)].mean(0) for k in range(clusters)]))
-    pseudo = relabel(dataset.train, labels)                       # noise (-1) left out
-    sampler = RandomIdentitySampler([r.pid for r in pseudo], num_instances=4, batch_size=16, seed=round_index)
-    loader = torch.utils.data.DataLoader(ImageDataset(pseudo, train_tf), batch_size=16, sampler=sampler)
-    db_backbone.train()
-    for step, (images, targets, camids, _) in enumerate(loader):
-        features = db_backbone(images, camids=camids)
-        loss = memory(features, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        memory.update(features.detach(), targets)
-        if step + 1 == STEPS:
-            break
-    print(f"round {round_index + 1}: DBSCAN eps {eps:.3f}: {clusters} clusters, {noise} noise images, "
-          f"loss {loss.item():.3f}")
+    loss = train_round(db_backbone, optimizer, feats, labels, seed=round_index)  # noise (-1) left out
+    print(f"round {round_index + 1}: DBSCAN eps {eps:.3f}: {clusters} clusters, {noise} noise images, loss {loss:.3f}")
 
 report("DBSCAN loop", *own_features(ReIDModel(db_backbone, 1), test_loader));"""),
     ("md", """## 3. DistributedDataParallel
