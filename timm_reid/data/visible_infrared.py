@@ -103,7 +103,7 @@ def _sysu_records(base: str, camera: int, modality: int, wanted: set[int]) -> li
     return records
 
 
-def load_sysumm01(root: str | os.PathLike) -> ReIDDataset:
+def load_sysumm01(root: str | os.PathLike, *, name: str = "sysumm01") -> ReIDDataset:
     """SYSU-MM01 (Wu et al., ICCV 2017), the original release's folders.
 
     Layout: ``root/cam1 .. root/cam6/PID/NNNN.jpg`` and ``root/exp/train_id.txt``,
@@ -113,7 +113,8 @@ def load_sysumm01(root: str | os.PathLike) -> ReIDDataset:
     identities are those of ``train_id.txt`` and ``val_id.txt`` (the papers' 395), relabelled
     ``0..K-1``; query = every infrared image of the test identities, gallery = every visible
     image of the test identities (the pool the protocol draws its trials from, see the module
-    docstring). Test pids keep their file numbers.
+    docstring). Test pids keep their file numbers. ``name`` names the dataset (the synthetic
+    generator's copies load as ``"synthetic-vi"``, which has no published size).
 
     Expected counts: 395 train identities with 22,258 visible + 11,909 infrared images,
     3,803 query images (96 identities), 6 cameras. Other counts give a
@@ -140,7 +141,7 @@ def load_sysumm01(root: str | os.PathLike) -> ReIDDataset:
         if not records:
             raise ValueError(f"SYSU-MM01 at {base}: the {split} split has no images (check the "
                              f"exp/*_id.txt lists against the PID folders). Expected layout: {_SYSU_HINT}")
-    dataset = _make_dataset("sysumm01", base, train, query, gallery)
+    dataset = _make_dataset(name, base, train, query, gallery)
     warn_if_unexpected(dataset)
     return dataset
 
