@@ -26,7 +26,13 @@ def test_published_size_gives_no_difference():
     merged = ReIDDataset("msmt17", "/s", train=_records(32_621, 1_041, 15), query=split.query,
                          gallery=split.gallery, num_cameras=15)
     assert count_differences(split) == [] and count_differences(merged) == []
-    assert set(PUBLISHED_COUNTS) == {"market1501", "dukemtmc", "msmt17"}
+    # SYSU-MM01: its gallery is drawn per trial, so only train, query and cameras are compared
+    sysu = ReIDDataset("sysumm01", "/y", train=_records(34_167, 395, 6), query=_records(3_803, 96, 6),
+                       gallery=_records(7, 7, 4), num_cameras=6)
+    regdb = ReIDDataset("regdb", "/r", train=_records(4_120, 206, 2), query=_records(2_060, 206, 1),
+                        gallery=_records(2_060, 206, 1), num_cameras=2)
+    assert count_differences(sysu) == [] and count_differences(regdb) == []
+    assert set(PUBLISHED_COUNTS) == {"market1501", "dukemtmc", "msmt17", "sysumm01", "regdb"}
 
 
 def test_partial_market_copy_warns_with_expected_and_found_counts(tmp_path, jpegs):

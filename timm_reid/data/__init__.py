@@ -7,6 +7,8 @@ transforms, an image dataset and samplers.
 """
 from timm_reid.data.image_dataset import ImageDataset, ImageReadError, read_image
 from timm_reid.data.layouts import (
+    INFRARED,
+    VISIBLE,
     Record,
     ReIDDataset,
     load_csv,
@@ -19,6 +21,7 @@ from timm_reid.data.layouts import (
 from timm_reid.data.registry import DATASETS, build_dataset
 from timm_reid.data.samplers import CameraBatchSampler, RandomIdentitySampler
 from timm_reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from timm_reid.data.visible_infrared import load_regdb, load_sysumm01
 
 _SYNTHETIC_EXPORTS = ("SyntheticConfig", "generate_synthetic", "load_synthetic")
 
@@ -27,17 +30,21 @@ __all__ = [
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INFRARED",
     "ImageDataset",
     "ImageReadError",
     "RandomIdentitySampler",
     "Record",
     "ReIDDataset",
+    "VISIBLE",
     "build_dataset",
     "build_transforms",
     "load_csv",
     "load_dukemtmc",
     "load_market1501",
     "load_msmt17",
+    "load_regdb",
+    "load_sysumm01",
     "read_image",
     "relabel",
     "split_query_gallery",

@@ -43,8 +43,8 @@ class ImageDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        path, pid, camid = self.records[index]
-        image = read_image(path)
+        record = self.records[index]
+        image = read_image(record.path)
         if self.transform is not None:
             image = self.transform(image)
-        return image, pid, camid, index
+        return image, record.pid, record.camid, index

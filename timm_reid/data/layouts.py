@@ -1,9 +1,11 @@
 """Dataset layouts: Market-1501, DukeMTMC-reID, MSMT17 (v1 and v2) and a generic CSV.
 
 Every loader returns a :class:`ReIDDataset` whose splits are lists of :class:`Record`
-``(path, pid, camid)``:
+``(path, pid, camid, modality)``:
 
 - ``camid`` is a 0-based int (file names count cameras from 1);
+- ``modality`` is :data:`VISIBLE` (0) or :data:`INFRARED` (1); every layout of this module is
+  visible-only (the visible-infrared layouts are in :mod:`timm_reid.data.visible_infrared`);
 - training pids are relabelled ``0..K-1`` in sorted order of the original pids; query,
   gallery and validation records keep their original pids;
 - ``pid == -1`` means "identity unknown" (unlabelled CSV data); Market-1501 junk images
@@ -24,6 +26,8 @@ import numpy as np
 from timm_reid.data.published import count_differences, warn_if_unexpected
 
 __all__ = [
+    "INFRARED",
+    "VISIBLE",
     "Record",
     "ReIDDataset",
     "load_market1501",
@@ -35,12 +39,17 @@ __all__ = [
 ]
 
 
+VISIBLE, INFRARED = 0, 1
+
+
 class Record(NamedTuple):
-    """One image: file path, identity (-1 unknown) and 0-based camera index."""
+    """One image: file path, identity (-1 unknown), 0-based camera index and modality
+    (:data:`VISIBLE` or :data:`INFRARED`; a camera records one modality)."""
 
     path: str
     pid: int
     camid: int
+    modality: int = VISIBLE
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,9 @@ class ReIDDataset:
             if records:
                 ids = len({r.pid for r in records if r.pid >= 0})
                 cams = len({r.camid for r in records})
-                lines.append(f"  {split:<8}{ids:>7}{len(records):>9}{cams:>9}")
+                infrared = sum(r.modality == INFRARED for r in records)
+                line = f"  {split:<8}{ids:>7}{len(records):>9}{cams:>9}"
+                lines.append(line + (f"   ({infrared} infrared)" if infrared else ""))
         differences = count_differences(self)
         if differences:
             lines.append("  differs from the published counts: " + "; ".join(differences))
@@ -98,7 +109,7 @@ def relabel(records: Sequence[Record], labels: Sequence[int]) -> list[Record]:
     if len(labels) != len(records):
         raise ValueError(f"relabel: got {len(labels)} labels for {len(records)} records; "
                          "pass exactly one label per record")
-    return [Record(r.path, int(label), r.camid) for r, label in zip(records, labels)]
+    return [r._replace(pid=int(label)) for r, label in zip(records, labels)]
 
 
 def split_query_gallery(records: Sequence[Record], *, seed: int = 0
@@ -141,7 +152,7 @@ def _make_dataset(name: str, root: str, train: list[Record], query: list[Record]
 def _relabel_sorted(records: list[Record]) -> list[Record]:
     known = sorted({r.pid for r in records if r.pid >= 0})
     label = {pid: i for i, pid in enumerate(known)}
-    return [Record(r.path, label.get(r.pid, -1), r.camid) for r in records]
+    return [r._replace(pid=label.get(r.pid, -1)) for r in records]
 
 
 def _require_dir(path: str, what: str, layout_hint: str) -> None:

@@ -25,6 +25,11 @@ PUBLISHED_COUNTS: dict[str, dict[str, int]] = {
                  "gallery_images": 17_661, "cameras": 8},
     "msmt17": {"train_images": 32_621, "train_ids": 1_041, "query_images": 11_659,
                "gallery_images": 82_161, "cameras": 15},
+    # SYSU-MM01's gallery is drawn per trial from the visible test images (not counted here).
+    "sysumm01": {"train_images": 34_167, "train_ids": 395, "query_images": 3_803, "cameras": 6},
+    # RegDB, per trial (each of the 10 splits has these sizes).
+    "regdb": {"train_images": 4_120, "train_ids": 206, "query_images": 2_060,
+              "gallery_images": 2_060, "cameras": 2},
 }
 
 _LABELS = {"train_images": "train images", "train_ids": "train identities",

@@ -61,9 +61,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from timm_reid._permissions import as_umask_allows
 from timm_reid.data.layouts import Record, ReIDDataset, load_market1501, split_query_gallery
+from timm_reid.data.visible_infrared import load_sysumm01
 
-__all__ = ["SyntheticConfig", "generate_synthetic", "load_synthetic", "save_contact_sheet",
-           "default_cache_dir", "main"]
+__all__ = ["SyntheticConfig", "VisibleInfraredConfig", "generate_synthetic", "generate_synthetic_vi",
+           "load_synthetic", "save_contact_sheet", "default_cache_dir", "main"]
 
 _SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 _FORMAT_VERSION = 1
@@ -571,18 +572,24 @@ def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = 
     also holds ``seconds``, the generation time.
     """
     config = config if config is not None else _config_from(options)
+    return _write_dataset(out, ".synthetic-", lambda folder: {
+        "generator": "timm_reid.data.synthetic", "format_version": _FORMAT_VERSION,
+        "config": config.to_json(), "counts": _write_images(folder, config)})
+
+
+def _write_dataset(out: str | os.PathLike, prefix: str, write) -> dict:
+    """Run ``write(folder) -> meta`` on a temporary folder next to ``out``, add ``meta.json``
+    and move it into ``out``; return the meta with ``seconds``. Writing beside ``out`` first
+    means a crash never leaves a half dataset behind and concurrent writers of one cache folder
+    cannot mix their files."""
     out = os.fspath(out)
     _check_output_folder(out)
     start = time.perf_counter()
-    # Write everything next to ``out`` first, so a crash never leaves a half dataset behind
-    # and concurrent writers of the same cache folder cannot mix their files.
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = as_umask_allows(tempfile.mkdtemp(prefix=".synthetic-", dir=parent))  # mkdtemp: 0700
+    tmp = as_umask_allows(tempfile.mkdtemp(prefix=prefix, dir=parent))  # mkdtemp: 0700
     try:
-        counts = _write_images(tmp, config)
-        meta = {"generator": "timm_reid.data.synthetic", "format_version": _FORMAT_VERSION,
-                "config": config.to_json(), "counts": counts}
+        meta = write(tmp)
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
         _move_into(tmp, out)
@@ -631,7 +638,7 @@ def _move_into(tmp: str, out: str) -> None:
         if not os.path.isdir(out) or os.path.exists(os.path.join(out, "meta.json")):
             raise FileExistsError(f"cannot write the dataset to {out}: it is not a folder or "
                                   "another process wrote a dataset there meanwhile") from None
-    for name in _SPLIT_FOLDERS + ("meta.json",):
+    for name in sorted(set(os.listdir(tmp)) - {"meta.json"}) + ["meta.json"]:
         os.rename(os.path.join(tmp, name), os.path.join(out, name))
 
 
@@ -642,6 +649,191 @@ def _config_from(options: dict) -> SyntheticConfig:
         raise ValueError(f"unknown synthetic dataset option(s) {unknown}; valid: "
                          f"{', '.join(valid)}")
     return SyntheticConfig(**options)
+
+
+# ---------------------------------------------------------------- visible-infrared data
+
+@dataclass(frozen=True)
+class VisibleInfraredConfig:
+    """Settings of a synthetic visible-infrared dataset in the SYSU-MM01 layout.
+
+    The people are the Market-layout generator's (same identity model and seed streams), seen
+    by ``num_visible_cameras`` colour cameras and ``num_infrared_cameras`` near-infrared ones.
+    An infrared camera renders intensity only, from a per-material reflectance drawn for each
+    identity independently of the visible colours (so colour cues vanish while pattern, shape,
+    bag, hair style and the reflectance contrast between garments stay), with its own gain,
+    contrast, blur and noise (``infrared_strength`` scales how far infrared cameras differ), and
+    writes 3 equal channels as SYSU-MM01 stores them. Every identity is seen by both modalities,
+    each by a random subset of the cameras of each modality (so cameras see part of the
+    identities, as in SYSU-MM01).
+
+    Expected counts with the defaults (4 visible + 2 infrared cameras, 150 train and 100 test
+    identities, 1-4 visible and 1-2 infrared cameras each, 2-4 images per camera), seed 0:
+    1,751 train images (642 infrared), 453 infrared query images and 769 visible gallery
+    images (the pool); other seeds differ by a few percent; ``meta.json`` records the counts.
+    """
+
+    seed: int = 0
+    num_visible_cameras: int = 4
+    num_infrared_cameras: int = 2
+    num_identities: int = 150
+    num_test_identities: int = 100
+    visible_cameras_per_identity: tuple[int, int] = (1, 4)
+    infrared_cameras_per_identity: tuple[int, int] = (1, 2)
+    images_per_camera: tuple[int, int] = (2, 4)
+    image_size: tuple[int, int] = (64, 32)
+    style_strength: float = 1.0
+    infrared_strength: float = 1.0
+    occlusion_p: float = 0.25
+
+    def __post_init__(self):
+        for name in ("visible_cameras_per_identity", "infrared_cameras_per_identity",
+                     "images_per_camera", "image_size"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        problems = []
+        for kind in ("visible", "infrared"):
+            count, (lo, hi) = (getattr(self, f"num_{kind}_cameras"),
+                               getattr(self, f"{kind}_cameras_per_identity"))
+            if count < 1:
+                problems.append(f"num_{kind}_cameras={count} must be >= 1")
+            if not 1 <= lo <= hi or lo > count:
+                problems.append(f"{kind}_cameras_per_identity={(lo, hi)} must satisfy 1 <= lo <= hi "
+                                f"and lo <= num_{kind}_cameras ({count})")
+        if self.num_visible_cameras + self.num_infrared_cameras > 99:
+            problems.append("at most 99 cameras in all")
+        if not self.infrared_strength >= 0:
+            problems.append(f"infrared_strength={self.infrared_strength} must be >= 0")
+        try:  # the shared fields, checked as the Market-layout generator checks them
+            self.people()
+        except ValueError as err:
+            problems.append(str(err).removeprefix("invalid synthetic dataset config: "))
+        if problems:
+            raise ValueError("invalid visible-infrared synthetic config: " + "; ".join(problems))
+
+    def people(self) -> SyntheticConfig:
+        """The Market-layout config whose identities, visible cameras and images this shares."""
+        return SyntheticConfig(
+            seed=self.seed, num_cameras=self.num_visible_cameras + self.num_infrared_cameras,
+            num_identities=self.num_identities, num_test_identities=self.num_test_identities,
+            images_per_camera=self.images_per_camera, num_distractors=0,
+            image_size=self.image_size, style_strength=self.style_strength,
+            occlusion_p=self.occlusion_p)
+
+    def camera_numbers(self) -> tuple[list[int], list[int]]:
+        """SYSU-MM01 folder numbers (from 1) of the visible and the infrared cameras: SYSU's own
+        (visible 1, 2, 4, 5; infrared 3, 6) for 4 + 2 cameras, else visible first."""
+        v, i = self.num_visible_cameras, self.num_infrared_cameras
+        if (v, i) == (4, 2):
+            return [1, 2, 4, 5], [3, 6]
+        return list(range(1, v + 1)), list(range(v + 1, v + i + 1))
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _grey(value: float) -> tuple[int, int, int]:
+    return (_clip255(255 * value),) * 3
+
+
+@functools.lru_cache(maxsize=4096)
+def _infrared_identity(seed: int, pid: int) -> _Identity:
+    """``pid`` with every material's colour replaced by its near-infrared reflectance: drawn
+    per material from its own stream, unrelated to the visible hue; skin reflects strongly in
+    the near infrared, hair less."""
+    rng = _rng(seed, 20, pid)
+    garments = {name: _grey(rng.uniform(0.12, 0.95)) for name in
+                ("top", "top_second", "bottom", "cap", "shoes", "bag_colour")}
+    return dataclasses.replace(_identity_of(seed, pid), skin=_grey(rng.uniform(0.6, 0.8)),
+                               hair=_grey(rng.uniform(0.3, 0.55)), **garments)
+
+
+def _infrared_camera(seed: int, cam: int, strength: float) -> _Camera:
+    """A grey scene and an intensity-only style: one gain and bias for all channels, lower
+    contrast, more blur and noise than the colour cameras."""
+    rng = _rng(seed, 21, cam)
+    scene = dataclasses.replace(_sample_scene(rng), wall=_grey(rng.uniform(0.2, 0.7)),
+                                floor=_grey(rng.uniform(0.15, 0.6)),
+                                texture_colour=_grey(rng.uniform(0.1, 0.8)))
+    gain = 1 + 0.15 * strength * rng.uniform(-1, 1)
+    style = _Photometric(matrix=gain * np.eye(3), bias=np.full(3, 12 * strength * rng.uniform(-1, 1)),
+                         contrast=float(0.8 + 0.1 * strength * rng.uniform(-1, 1)),
+                         brightness=float(1 + 0.1 * strength * rng.uniform(-1, 1)),
+                         blur=float(0.4 + 0.3 * strength * rng.random()),
+                         noise=float(4 + 3 * strength * rng.random()))
+    return _Camera(scene=scene, photometric=style)
+
+
+def _to_three_equal_channels(image: Image.Image) -> Image.Image:
+    return image.convert("L").convert("RGB")
+
+
+def _plan_visible_infrared(config: VisibleInfraredConfig, pid: int) -> list[tuple[int, int]]:
+    """(camera index, image index) pairs of one identity: visible cameras are indices
+    ``0..V-1``, infrared ones ``V..V+I-1``; at least one camera of each modality."""
+    rng = _rng(config.seed, 23, pid)
+    cams = []
+    for offset, count, (lo, hi) in ((0, config.num_visible_cameras, config.visible_cameras_per_identity),
+                                    (config.num_visible_cameras, config.num_infrared_cameras,
+                                     config.infrared_cameras_per_identity)):
+        n = int(rng.integers(lo, min(hi, count) + 1))
+        cams += sorted(offset + int(c) for c in rng.choice(count, size=n, replace=False))
+    lo, hi = config.images_per_camera
+    return [(cam, k) for cam in cams for k in range(int(rng.integers(lo, hi + 1)))]
+
+
+def _write_visible_infrared(folder: str, config: VisibleInfraredConfig) -> dict:
+    people, visible = config.people(), config.num_visible_cameras
+    cameras = [_sample_camera(config.seed, c, config.style_strength) if c < visible
+               else _infrared_camera(config.seed, c, config.infrared_strength)
+               for c in range(people.num_cameras)]
+    numbers = [n for group in config.camera_numbers() for n in group]
+    counts = {"train": 0, "test_visible": 0, "test_infrared": 0}
+    for pid in range(1, config.num_identities + config.num_test_identities + 1):
+        for cam, k in _plan_visible_infrared(config, pid):
+            infrared = cam >= visible
+            ident = _infrared_identity(config.seed, pid) if infrared else _identity_of(config.seed, pid)
+            image = _render(ident, cameras[cam], people, _rng(config.seed, 22, pid, cam, k))
+            if infrared:
+                image = _to_three_equal_channels(image)
+            path = os.path.join(folder, f"cam{numbers[cam]}", f"{pid:04d}", f"{k + 1:04d}.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            image.save(path, format="JPEG", quality=_JPEG_QUALITY)
+            train = pid <= config.num_identities
+            counts["train" if train else "test_infrared" if infrared else "test_visible"] += 1
+    exp = os.path.join(folder, "exp")
+    os.makedirs(exp)
+    ids = {"train_id": range(1, config.num_identities + 1),
+           "test_id": range(config.num_identities + 1, config.num_identities + config.num_test_identities + 1)}
+    for name, pids in ids.items():
+        with open(os.path.join(exp, f"{name}.txt"), "w", encoding="utf-8") as f:
+            f.write(",".join(str(p) for p in pids) + "\n")
+    if config.camera_numbers()[1] != [3, 6]:
+        with open(os.path.join(exp, "infrared_cameras.txt"), "w", encoding="utf-8") as f:
+            f.write(",".join(str(n) for n in config.camera_numbers()[1]) + "\n")
+    return counts
+
+
+def generate_synthetic_vi(out: str | os.PathLike, config: VisibleInfraredConfig | None = None,
+                          **options) -> dict:
+    """Write a synthetic visible-infrared dataset in the SYSU-MM01 layout to ``out`` (new or
+    empty; written next to it first and moved in, ``meta.json`` last); return its meta.
+
+    ``root/camN/PPPP/KKKK.jpg`` (train pids ``1..P``, test pids ``P+1..P+Q``),
+    ``exp/train_id.txt`` and ``exp/test_id.txt``, and ``exp/infrared_cameras.txt`` when the
+    infrared cameras are not SYSU-MM01's 3 and 6. Read it with
+    :func:`timm_reid.data.load_sysumm01`. ``options`` are :class:`VisibleInfraredConfig` fields.
+    """
+    if config is None:
+        valid = [f.name for f in dataclasses.fields(VisibleInfraredConfig)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown visible-infrared option(s) {unknown}; valid: {', '.join(valid)}")
+        config = VisibleInfraredConfig(**options)
+    return _write_dataset(out, ".synthetic-vi-", lambda folder: {
+        "generator": "timm_reid.data.synthetic", "layout": "sysumm01",
+        "format_version": _FORMAT_VERSION, "config": config.to_json(),
+        "counts": _write_visible_infrared(folder, config)})
 
 
 # ---------------------------------------------------------------- loading and caching
@@ -735,7 +927,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Write a synthetic multi-camera person ReID dataset (Market-1501 layout).")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same files)")
-    p.add_argument("--num-cameras", type=int, default=d.num_cameras, help="cameras")
+    p.add_argument("--modality", choices=("visible", "vi"), default="visible",
+                   help="visible: Market-1501 layout; vi: visible + infrared cameras in the "
+                   "SYSU-MM01 layout (read it with --dataset sysumm01)")
+    p.add_argument("--num-cameras", type=int, default=None,
+                   help=f"cameras (default {d.num_cameras}); with --modality vi the visible "
+                   f"cameras (default {VisibleInfraredConfig.num_visible_cameras})")
+    p.add_argument("--infrared-cameras", type=int, default=VisibleInfraredConfig.num_infrared_cameras,
+                   help="--modality vi: infrared cameras")
+    p.add_argument("--infrared-strength", type=float, default=VisibleInfraredConfig.infrared_strength,
+                   help="--modality vi: how far infrared cameras differ from each other")
     p.add_argument("--num-identities", type=int, default=d.num_identities,
                    help="training identities")
     p.add_argument("--num-test-identities", type=int, default=d.num_test_identities,
@@ -757,25 +958,53 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _visible_infrared_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    d = SyntheticConfig()
+    ignored = [flag for flag, value, default in (
+        ("--cameras-per-identity", tuple(args.cameras_per_identity), d.cameras_per_identity),
+        ("--num-distractors", args.num_distractors, d.num_distractors)) if value != default]
+    if ignored:
+        parser.error(f"{', '.join(ignored)}: not used with --modality vi (each identity is seen by "
+                     "1..all visible and 1..all infrared cameras; the gallery has no distractors)")
+    visible = args.num_cameras if args.num_cameras is not None else VisibleInfraredConfig.num_visible_cameras
+    return VisibleInfraredConfig(
+        seed=args.seed, num_visible_cameras=visible, num_infrared_cameras=args.infrared_cameras,
+        num_identities=args.num_identities, num_test_identities=args.num_test_identities,
+        visible_cameras_per_identity=(1, max(1, visible)),
+        infrared_cameras_per_identity=(1, max(1, args.infrared_cameras)),
+        images_per_camera=args.images_per_camera, image_size=args.image_size,
+        style_strength=args.style_strength, infrared_strength=args.infrared_strength,
+        occlusion_p=args.occlusion_p)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("out", "contact_sheet")}
+    vi = args.modality == "vi"
     try:
-        config = _config_from(options)
+        if vi:
+            config = _visible_infrared_config(args, parser)
+        else:
+            options = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY}
+            options["num_cameras"] = args.num_cameras if args.num_cameras is not None else SyntheticConfig.num_cameras
+            config = _config_from(options)
     except ValueError as err:
         parser.error(str(err))
     try:
-        meta = generate_synthetic(args.out, config)
+        meta = (generate_synthetic_vi if vi else generate_synthetic)(args.out, config)
     except FileExistsError as err:
         parser.error(str(err))
-    dataset = load_market1501(args.out, name="synthetic")
+    dataset = (load_sysumm01(args.out, name="synthetic-vi") if vi
+               else load_market1501(args.out, name="synthetic"))
     print(dataset.summary())
     print(f"generated {sum(meta['counts'].values())} images in {meta['seconds']} s")
     if args.contact_sheet:
         save_contact_sheet(dataset.train, args.contact_sheet, num_cameras=dataset.num_cameras)
         print(f"contact sheet: {args.contact_sheet}")
     return 0
+
+
+_CLI_ONLY = ("out", "contact_sheet", "modality", "infrared_cameras", "infrared_strength")
 
 
 if __name__ == "__main__":
