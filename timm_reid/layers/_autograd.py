@@ -1,16 +1,18 @@
 """Fast torch path: one autograd.Function with an analytic backward for AIBN-style normalization.
 
 The autograd graph of the reference formula keeps about ten activation-sized intermediates alive;
-this Function saves only the input and per-(n, c) statistics and computes the gradient in three
-passes over the activation (sum of dy, sum of dy * x, then dx).
+this Function saves only the input and per-(n, c) statistics. Each direction allocates one
+activation-sized buffer (the centred input, then transformed in place into ``y`` or ``dx``):
+on CPU a fresh buffer of that size costs more than a pass over it.
 
 It covers every normalization of the library whose statistics carry gradients:
 
 * AIBN: one segment (the whole batch), gate ``w`` from the module's parameter;
 * TNorm ``mode="normalize"`` in training: one segment per camera and ``w = 1``.
 
-Forward math is the reference's own helpers (:mod:`timm_reid.layers.functional`), so there is no
-second copy of the formulas; the backward is derived in the docstring of :meth:`backward`.
+The mix of statistics is the reference's own helpers (:mod:`timm_reid.layers.functional`); the
+instance statistics are the same two-pass formula computed from the centred buffer (tested
+against the reference); the backward is derived in the docstring of :meth:`backward`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import all_reduce, instance_stats, mix_stats, per_channel, rows, scale_shift, segment_stats, spatial_dims, spatial_sum
+from .functional import all_reduce, compute_dtype, mix_stats, per_channel, rows, segment_stats, spatial_dims, spatial_sum
 
 __all__ = ["adaptive_norm"]
 
@@ -38,7 +40,9 @@ class AdaptiveNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, gate, eval_mean, eval_var, segments, num_segments, mix, eps, channels_last, process_group):
-        mean_in, var_in = instance_stats(x, channels_last)
+        # The centred input is the output buffer: one activation-sized allocation for the whole
+        # forward (fresh allocations of this size are page-faulted in and cost more than a pass).
+        out, mean_in, var_in = _centred_instance_stats(x, channels_last)
         cd = mean_in.dtype
         training = eval_mean is None
         if training:
@@ -52,8 +56,11 @@ class AdaptiveNormFunction(torch.autograd.Function):
         mean, var = mix_stats(mean_in, var_in, mean_b, var_b, w, mix)
         rstd = torch.rsqrt(var + eps)
         scale = rstd if weight is None else rstd * weight.to(cd)
-        shift = -mean * scale if bias is None else bias.to(cd) - mean * scale
-        y = scale_shift(x, scale, shift, channels_last)
+        # y = (x - mu_in) * scale + (mu_in - mu) * scale + bias: the centred form, in place.
+        shift = (mean_in - mean) * scale
+        if bias is not None:
+            shift = shift + bias.to(cd)
+        y = out.mul_(per_channel(scale, channels_last)).add_(per_channel(shift, channels_last)).to(x.dtype)
 
         ctx.save_for_backward(x, weight, gate, mean_in, var_in, mean_b, var_b, mean, rstd, segments, count)
         ctx.config = (training, num_segments, mix, channels_last, process_group, bias is not None)
@@ -77,10 +84,9 @@ class AdaptiveNormFunction(torch.autograd.Function):
         cd = mean_in.dtype
         dims = spatial_dims(channels_last)
         L = x.shape[dims[0]] * x.shape[dims[1]]
-        xf, dyf = x.to(cd), dy.to(cd)
-
-        sum_dy = spatial_sum(dyf, channels_last)
-        sum_dy_xhat = (_sum_product(dyf, xf, channels_last) - mean * sum_dy) * rstd
+        dyf = dy.to(cd)
+        sum_dy, sum_dy_centred, centred = _gradient_sums(dyf, x, mean_in, channels_last)
+        sum_dy_xhat = (sum_dy_centred + (mean_in - mean) * sum_dy) * rstd
         wt = torch.ones_like(rstd[0]) if weight is None else weight.to(cd)
         dmu = -rstd * wt * sum_dy
         dvar = -0.5 * rstd * rstd * wt * sum_dy_xhat
@@ -118,12 +124,58 @@ class AdaptiveNormFunction(torch.autograd.Function):
             # dx = dy * A + (x - mu_in) * B + c per (n, c). Centring before scaling matters: with a
             # tiny instance variance B is huge and x * B + (c - B * mu_in) cancels catastrophically.
             x_coef = 2 * dvar_in / (L - 1)
-            dx = torch.addcmul(per_channel(dmu_in / L, channels_last), xf - per_channel(mean_in, channels_last), per_channel(x_coef, channels_last))
-            dx.addcmul_(dyf, per_channel(wt * rstd, channels_last))
-            dx = dx.to(x.dtype)
+            # The dx buffer starts as x - mu_in (one activation-sized allocation for the backward).
+            centred = _centred(x, mean_in, channels_last) if centred is None else centred
+            dx = centred.mul_(per_channel(x_coef, channels_last)).add_(per_channel(dmu_in / L, channels_last))
+            dx = dx.addcmul_(dyf, per_channel(wt * rstd, channels_last)).to(x.dtype)
         dweight = sum_dy_xhat.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         dbias = sum_dy.sum(0).to(dy.dtype) if has_bias and ctx.needs_input_grad[2] else None
         return dx, dweight, dbias, dgate, None, None, None, None, None, None, None, None
+
+
+def _centred_instance_stats(x: Tensor, channels_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(x - mu_in, mu_in, var_in)`` in the compute dtype, two passes (the reference's values).
+
+    A plain sum and the squared norm of the centred data are several times faster on CPU than
+    ``torch.var_mean``'s Welford loop, and the centred sum of squares has no cancellation.
+    """
+    dims = spatial_dims(channels_last)
+    count = x.shape[dims[0]] * x.shape[dims[1]]
+    mean = spatial_sum(x.to(compute_dtype(x.dtype)), channels_last) / count
+    centred = _centred(x, mean, channels_last)
+    if channels_last:
+        squares = _sum_product(centred, centred, channels_last)
+    else:  # the squared 2-norm: a vectorised reduction with no temporary, unlike product then sum
+        squares = torch.linalg.vector_norm(centred.flatten(2), dim=2).square_()
+    return centred, mean, squares / (count - 1)
+
+
+def _centred(x: Tensor, mean: Tensor, channels_last: bool) -> Tensor:
+    """A new compute-dtype buffer ``x - mean``; a half-precision input's upcast copy is reused."""
+    xf = x.to(compute_dtype(x.dtype))
+    if xf is x:
+        return x - per_channel(mean, channels_last)
+    return xf.sub_(per_channel(mean, channels_last))
+
+
+def _gradient_sums(dy: Tensor, x: Tensor, mean_in: Tensor, channels_last: bool):
+    """``(sum_L dy, sum_L dy * (x - mu_in), x - mu_in or None)`` per (n, c), without cancellation.
+
+    For a contiguous NCHW input of the compute dtype both sums come from one pass of BatchNorm's
+    own backward reduction, run on the ``(1, N * C, L)`` view (each (n, c) a "channel") with
+    ``mu_in`` as its mean and a unit inverse std; otherwise the centred input is made here (and
+    returned, to become the dx buffer).
+    """
+    n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
+    if not channels_last and x.dtype == dy.dtype and x.is_contiguous() and dy.is_contiguous():
+        flat = (1, n * c, -1)
+        _, sum_dy_centred, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dy.view(flat), x.view(flat), None, None, None, mean_in.reshape(-1),
+            torch.ones(n * c, dtype=mean_in.dtype, device=x.device), True, 0.0, [False, True, True],
+        )
+        return sum_dy.view(n, c), sum_dy_centred.view(n, c), None
+    centred = _centred(x, mean_in, channels_last)
+    return spatial_sum(dy, channels_last), _sum_product(dy, centred, channels_last), centred
 
 
 def _sum_product(a: Tensor, b: Tensor, channels_last: bool) -> Tensor:
