@@ -82,18 +82,41 @@ def min_sums(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, 
     deterministic; on CUDA `index_add_` uses atomics, so the last bits may vary between runs.
     """
     out = torch.zeros(stop - start, num_right, dtype=torch.float32, device=left.ptr.device)
-    flat = out.view(-1)
-    max_rows = max(1, _MAX_SCATTER_ELEMENTS // num_right)
-    for lo, hi in _row_chunks(left, right_by_col, start, stop, max_rows):
-        entries = torch.arange(int(left.ptr[lo]), int(left.ptr[hi]), device=flat.device)
-        if entries.numel() == 0:
-            continue
-        entry_rows = torch.repeat_interleave(
-            torch.arange(lo, hi, device=flat.device), left.row_lengths()[lo:hi]
-        )
-        owner, slot = expand_rows(right_by_col, left.index[entries])
-        mins = torch.minimum(
-            left.value[entries][owner].float(), right_by_col.value[slot].float()
-        )
-        flat.index_add_(0, (entry_rows[owner] - start) * num_right + right_by_col.index[slot], mins)
+    for _ in min_sum_chunks(left, right_by_col, start, stop, num_right, out):
+        pass  # each run has added into its own rows of `out`
     return out
+
+
+def min_sum_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, num_right: int,
+                   out: torch.Tensor | None = None):
+    """Yield `(lo, hi, M[lo:hi])` for consecutive row runs covering [start, stop).
+
+    Each run's block holds at most `_MAX_SCATTER_ELEMENTS` entries; it is a view of `out` (rows
+    `start:stop`) when given, else a fresh buffer reused by the next run, so a caller that keeps
+    only a few entries of each run never holds a (rows x N) block. The sums are the same, bit for
+    bit, either way: each entry receives the same additions in the same order.
+    """
+    device = left.ptr.device
+    max_rows = max(1, _MAX_SCATTER_ELEMENTS // num_right)
+    scratch = None
+    for lo, hi in _row_chunks(left, right_by_col, start, stop, max_rows):
+        if out is not None:
+            block = out[lo - start:hi - start]
+        else:
+            if scratch is None:
+                scratch = torch.empty(max_rows * num_right, dtype=torch.float32, device=device)
+            block = scratch[:(hi - lo) * num_right].view(hi - lo, num_right).zero_()
+        _scatter_min_sums(left, right_by_col, lo, hi, num_right, block.view(-1))
+        yield lo, hi, block
+
+
+def _scatter_min_sums(left: SparseRows, right_by_col: SparseRows, lo: int, hi: int, num_right: int,
+                      flat: torch.Tensor) -> None:
+    """Add `sum_k min(left[i, k], right[j, k])` into `flat[(i - lo) * num_right + j]`."""
+    entries = torch.arange(int(left.ptr[lo]), int(left.ptr[hi]), device=flat.device)
+    if entries.numel() == 0:
+        return
+    entry_rows = torch.repeat_interleave(torch.arange(lo, hi, device=flat.device), left.row_lengths()[lo:hi])
+    owner, slot = expand_rows(right_by_col, left.index[entries])
+    mins = torch.minimum(left.value[entries][owner].float(), right_by_col.value[slot].float())
+    flat.index_add_(0, (entry_rows[owner] - lo) * num_right + right_by_col.index[slot], mins)
