@@ -308,3 +308,20 @@ def test_fast_path_has_no_cancellation_for_large_means(channels_last):
     (y, dx), (y_ref, dx_ref) = _fast_and_reference(x, dy, channels_last, training=True)
     assert_verbose_allclose(y, y_ref, 1e-3, 1e-3, "y")
     assert_verbose_allclose(dx, dx_ref, 1e-3 * float(dx_ref.abs().max()), 1e-3, "dx")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nchw_input_stored_channels_last_gives_the_contiguous_result(training):
+    """Such inputs are reduced as their (N, H, W, C) memory view: same values and gradients."""
+    torch.manual_seed(8)
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    dy = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    results = []
+    for memory in (torch.contiguous_format, torch.channels_last):
+        layer = make_layer(6, "var", 0.4).double().train(training)
+        xm = x.clone(memory_format=memory).requires_grad_()
+        y = layer(xm)
+        y.backward(dy)
+        results.append((y, xm.grad, layer.gate.grad, layer.running_mean.clone()))
+    for got, want, name in zip(results[1], results[0], ("y", "dx", "dgate", "running_mean")):
+        assert_verbose_allclose(got, want, 1e-12, 1e-12, name)
