@@ -70,8 +70,9 @@ def expand_rows(matrix: SparseRows, which: torch.Tensor):
     position in `which` the entry came from and `slot[t]` its position in `matrix.index/value`."""
     counts = matrix.row_lengths()[which]
     owner = torch.repeat_interleave(torch.arange(which.numel(), device=which.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    slot = matrix.ptr[which][owner] + torch.arange(owner.numel(), device=which.device) - first[owner]
+    # slot = ptr[which[owner]] + (position of the entry within its row), with one gather
+    offset = matrix.ptr[which] - (torch.cumsum(counts, 0) - counts)
+    slot = torch.arange(owner.numel(), device=which.device).add_(offset[owner])
     return owner, slot
 
 
@@ -113,10 +114,14 @@ def min_sum_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop:
 def _scatter_min_sums(left: SparseRows, right_by_col: SparseRows, lo: int, hi: int, num_right: int,
                       flat: torch.Tensor) -> None:
     """Add `sum_k min(left[i, k], right[j, k])` into `flat[(i - lo) * num_right + j]`."""
-    entries = torch.arange(int(left.ptr[lo]), int(left.ptr[hi]), device=flat.device)
-    if entries.numel() == 0:
+    first, last = int(left.ptr[lo]), int(left.ptr[hi])
+    if first == last:
         return
-    entry_rows = torch.repeat_interleave(torch.arange(lo, hi, device=flat.device), left.row_lengths()[lo:hi])
-    owner, slot = expand_rows(right_by_col, left.index[entries])
-    mins = torch.minimum(left.value[entries][owner].float(), right_by_col.value[slot].float())
-    flat.index_add_(0, (entry_rows[owner] - lo) * num_right + right_by_col.index[slot], mins)
+    # Per entry of `left` (row i, column k): where row i starts in `flat`. Per (i, j, k) triple
+    # only gathers and one add follow, in the order the triples are listed (so the sums, added
+    # by index_add_ in that order, do not depend on how the rows were split into runs).
+    row_start = torch.repeat_interleave(torch.arange(0, (hi - lo) * num_right, num_right, device=flat.device),
+                                        left.row_lengths()[lo:hi])
+    owner, slot = expand_rows(right_by_col, left.index[first:last])
+    mins = torch.minimum(left.value[first:last].float()[owner], right_by_col.value[slot].float())
+    flat.index_add_(0, row_start[owner].add_(right_by_col.index[slot]), mins)
