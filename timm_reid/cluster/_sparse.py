@@ -68,11 +68,11 @@ def _row_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop: in
 def expand_rows(matrix: SparseRows, which: torch.Tensor):
     """Entries of rows `which` of `matrix`, concatenated: `(owner, slot)` with `owner[t]` the
     position in `which` the entry came from and `slot[t]` its position in `matrix.index/value`."""
-    counts = matrix.row_lengths()[which]
+    counts = matrix.row_lengths().index_select(0, which)
     owner = torch.repeat_interleave(torch.arange(which.numel(), device=which.device), counts)
     # slot = ptr[which[owner]] + (position of the entry within its row), with one gather
-    offset = matrix.ptr[which] - (torch.cumsum(counts, 0) - counts)
-    slot = torch.arange(owner.numel(), device=which.device).add_(offset[owner])
+    offset = matrix.ptr.index_select(0, which) - (torch.cumsum(counts, 0) - counts)
+    slot = torch.arange(owner.numel(), device=which.device).add_(offset.index_select(0, owner))
     return owner, slot
 
 
@@ -123,5 +123,7 @@ def _scatter_min_sums(left: SparseRows, right_by_col: SparseRows, lo: int, hi: i
     row_start = torch.repeat_interleave(torch.arange(0, (hi - lo) * num_right, num_right, device=flat.device),
                                         left.row_lengths()[lo:hi])
     owner, slot = expand_rows(right_by_col, left.index[first:last])
-    mins = torch.minimum(left.value[first:last].float()[owner], right_by_col.value[slot].float())
-    flat.index_add_(0, row_start[owner].add_(right_by_col.index[slot]), mins)
+    # index_select, not advanced indexing: the same values, about twice as fast on CPU
+    mins = torch.minimum(left.value[first:last].float().index_select(0, owner),
+                         right_by_col.value.index_select(0, slot).float())
+    flat.index_add_(0, row_start.index_select(0, owner).add_(right_by_col.index.index_select(0, slot)), mins)

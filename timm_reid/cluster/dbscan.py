@@ -10,7 +10,8 @@ the neighbour sets, the encoding and the kept entries, instead of the dense N x 
 at MSMT17 size). ``eps >= 1`` keeps every pair and goes through dense row blocks.
 
 Entries of distance exactly 0 are stored explicitly (scikit-learn reads stored entries, zeros
-included, as neighbours), so the partition equals DBSCAN on the dense matrix.
+included, as neighbours), and points isolated even from themselves are labelled as on the dense
+matrix (see :func:`_as_on_the_dense_matrix`), so the partition equals DBSCAN on the dense matrix.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _dense_entries(features, eps, k1, k2, chunk_size):
 
 def jaccard_graph(features, *, eps: float, k1: int = 30, k2: int = 6, chunk_size: int | None = None):
     """``scipy.sparse.csr_matrix`` (N, N) of the k-reciprocal Jaccard distances ``<= eps`` of the
-    L2-normalised rows of ``features`` (cosine distance; the diagonal is always stored)."""
+    L2-normalised rows of ``features`` (cosine distance; the diagonal is stored, 0, except for a
+    point with an empty k-reciprocal set, whose self-distance is 1)."""
     from scipy import sparse
 
     features = as_float_matrix(features, "features")
@@ -67,4 +69,27 @@ def dbscan_jaccard(features, *, eps: float = 0.55, min_samples: int = 4, k1: int
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     graph = jaccard_graph(features, eps=eps, k1=k1, k2=k2, chunk_size=chunk_size)
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(graph)
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(graph)
+    return _as_on_the_dense_matrix(labels, graph)
+
+
+def _as_on_the_dense_matrix(labels: np.ndarray, graph) -> np.ndarray:
+    """The labels DBSCAN gives on the dense matrix, from those it gave on the sparse graph.
+
+    scikit-learn makes every point its own neighbour in a sparse precomputed graph; on the dense
+    matrix a point whose self-distance exceeds eps (an empty k-reciprocal set, e.g. among exact
+    duplicates: Jaccard 1 to everything) has no neighbour at all. Such a point is isolated, so
+    only it differs: with ``min_samples=1`` it formed a cluster of its own, which is dropped
+    here (label -1) and the later clusters renumbered, as the dense run numbers them.
+    """
+    coo = graph.tocoo()
+    has_self = np.zeros(graph.shape[0], dtype=bool)
+    has_self[coo.row[coo.row == coo.col]] = True
+    if has_self.all():
+        return labels
+    labels = labels.copy()
+    labels[~has_self] = -1
+    kept = np.unique(labels[labels >= 0])
+    renumber = np.full(int(labels.max(initial=-1)) + 2, -1)
+    renumber[kept] = np.arange(kept.size)
+    return renumber[labels]

@@ -68,7 +68,9 @@ class _CosineSource:
         step = max(1, (1 << 22) // max(1, self.features.shape[1]))
         for start in range(0, rows.numel(), step):
             r, c = rows[start:start + step], cols[start:start + step]
-            out[start:start + step] = 1.0 - (self.features[r] * self.features[c]).sum(dim=1)
+            # index_select: a plain row copy, several times faster on CPU than advanced indexing
+            pairs = self.features.index_select(0, r).mul_(self.features.index_select(0, c))
+            out[start:start + step] = 1.0 - pairs.sum(dim=1)
         return out
 
 
@@ -117,7 +119,7 @@ def _expanded_sets(ranks: torch.Tensor, k1: int):
     for start, stop in _blocks(n, max(1, (1 << 22) // ((k1 + 1) ** 2 * (half + 1)))):
         own, own_mask = forward[start:stop], recip[start:stop]
         cand, cand_mask = forward_half[own], recip_half[own] & own_mask[:, :, None]
-        in_own = ((cand[..., None] == own[:, None, None, :]) & own_mask[:, None, None, :]).any(-1)
+        in_own = _is_member(cand, torch.where(own_mask, own, n))
         shared = (in_own & cand_mask).sum(-1)
         accept = 3 * shared > 2 * cand_mask.sum(-1)  # |R(j) & R(i)| > 2/3 |R(j)|, in integers
         members = torch.cat([own, cand.flatten(1)], dim=1)
@@ -129,6 +131,15 @@ def _expanded_sets(ranks: torch.Tensor, k1: int):
     width = max(int(d.sum(1).max()) for _, d in parts)
     members = torch.cat([_compact(m, d, width, n) for m, d in parts])
     return members, members != n
+
+
+def _is_member(values: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """`values[r, a, b] in sets[r]` (rows of `sets` padded with a sentinel no value equals), by a
+    binary search in each sorted row: O(log W) per value instead of a W-wide comparison."""
+    ordered = sets.sort(dim=1).values
+    flat = values.reshape(values.shape[0], -1)
+    position = torch.searchsorted(ordered, flat).clamp_(max=ordered.shape[1] - 1)
+    return (ordered.gather(1, position) == flat).view_as(values)
 
 
 def _compact(members, distinct, width: int, sentinel: int):
