@@ -1,11 +1,12 @@
 """Clustering-side benchmarks: agglomerative vs sklearn, re-ranking vs a dense implementation,
 cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant),
-and the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix).
+the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix, and a
+cluster-contrast peer), and the IICS intra-/inter-camera steps.
 
 Every measurement runs in a fresh subprocess (time, and peak RSS growth over the inputs; see
 _memory.py) with --threads BLAS/OpenMP threads; rows are JSON lines with median / p20 / p80.
 
-    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan] [--reps 3] [--threads 1]
+    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan,iics] [--reps 3] [--threads 1]
 
 Sizes: Market-1501 train (12,936 images) everywhere; agglomerative also at --large N (default
 24,000) for timm-reid only - MSMT17 train (32,621) needs 3 x 4.3 GB here (float32 input,
@@ -237,8 +238,40 @@ def work_dbscan(method: str, n: int) -> dict:
             "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+MSMT_CAMERAS = 15
+
+
+def work_iics(method: str, n: int) -> dict:
+    """IICS pseudo-labelling on planted 2048-d features: the intra-camera step over 15 cameras
+    (MSMT17's count; 600 clusters per camera) or the inter-camera step (6 cameras' 600-class
+    scores, 800 clusters, mu 0.02)."""
+    from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
+
+    feats = planted_features(n, dim=ICE_DIM)
+    if method == "intra":
+        camids = torch.randint(0, MSMT_CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
+        result, seconds, peak = measure(lambda: cluster_intra_camera(feats, camids))
+        labels = result.labels
+    else:  # Market's 6 cameras x 600 classifier outputs
+        camids = torch.randint(0, CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
+        scores = camera_scores(n)
+        labels, seconds, peak = measure(lambda: cluster_inter_camera(
+            feats, scores, camids, mu=0.02, n_clusters=min(800, n // 2)))
+    return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1}
+
+
+def iics_rows(args):
+    """IICS intra-camera step at MSMT17 size; the inter-camera step at Market size (at MSMT17
+    size its N x N float32 matrix, float64 condensed copy and SciPy's working copy need ~13 GB)."""
+    plans = [("intra", MSMT_TRAIN), ("inter", args.inter_n)]
+    runs = bench("iics", plans, args.reps, args.threads)
+    for (method, n), rows in runs.items():
+        summary("iics", method, n, rows, args.threads, dim=ICE_DIM, cameras=MSMT_CAMERAS,
+                clusters=rows[0]["clusters"])
+
+
 WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard,
-           "dbscan": work_dbscan}
+           "dbscan": work_dbscan, "iics": work_iics}
 
 
 def bench(kind: str, plans, reps: int, threads: int):
@@ -330,6 +363,7 @@ def main():
     parser.add_argument("--large", type=int, default=24_000)
     parser.add_argument("--jaccard-n", type=int, default=2_000)
     parser.add_argument("--skip-msmt", action="store_true", help="dbscan: Market-size rows only")
+    parser.add_argument("--inter-n", type=int, default=MARKET_TRAIN, help="iics: size of the inter-camera row")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
@@ -337,7 +371,7 @@ def main():
         print(json.dumps(WORKERS[kind](method, int(n))))
         return
     rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows,
-            "dbscan": dbscan_rows}
+            "dbscan": dbscan_rows, "iics": iics_rows}
     for kind in args.only.split(","):
         rows[kind](args)
 
