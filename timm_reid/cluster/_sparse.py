@@ -65,13 +65,16 @@ def _row_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop: in
     yield chunk_start, stop
 
 
-def expand_rows(matrix: SparseRows, which: torch.Tensor):
+def expand_rows(matrix: SparseRows, which: torch.Tensor, first: torch.Tensor | None = None):
     """Entries of rows `which` of `matrix`, concatenated: `(owner, slot)` with `owner[t]` the
-    position in `which` the entry came from and `slot[t]` its position in `matrix.index/value`."""
-    counts = matrix.row_lengths().index_select(0, which)
+    position in `which` the entry came from and `slot[t]` its position in `matrix.index/value`.
+    With `first`, row `which[t]` is taken from slot `first[t]` on (a suffix of the row)."""
+    if first is None:
+        first = matrix.ptr.index_select(0, which)
+    counts = matrix.ptr.index_select(0, which + 1) - first
     owner = torch.repeat_interleave(torch.arange(which.numel(), device=which.device), counts)
-    # slot = ptr[which[owner]] + (position of the entry within its row), with one gather
-    offset = matrix.ptr.index_select(0, which) - (torch.cumsum(counts, 0) - counts)
+    # slot = first[owner] + (position of the entry within its run), with one gather
+    offset = first - (torch.cumsum(counts, 0) - counts)
     slot = torch.arange(owner.numel(), device=which.device).add_(offset.index_select(0, owner))
     return owner, slot
 
@@ -88,14 +91,29 @@ def min_sums(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, 
     return out
 
 
+def own_slots(by_row: SparseRows, by_col: SparseRows, num_rows: int) -> torch.Tensor:
+    """For each entry (i, k) of `by_row`, the slot of row i in column k of `by_col` (the same
+    matrix compressed by column, rows ascending within a column)."""
+    device = by_row.ptr.device
+    col_keys = torch.repeat_interleave(torch.arange(by_col.ptr.numel() - 1, device=device), by_col.row_lengths())
+    col_keys = col_keys * num_rows + by_col.index  # ascending: by column, then row
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=device), by_row.row_lengths())
+    return torch.searchsorted(col_keys, by_row.index * num_rows + rows)
+
+
 def min_sum_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop: int, num_right: int,
-                   out: torch.Tensor | None = None):
+                   out: torch.Tensor | None = None, from_slots: torch.Tensor | None = None):
     """Yield `(lo, hi, M[lo:hi])` for consecutive row runs covering [start, stop).
 
     Each run's block holds at most `_MAX_SCATTER_ELEMENTS` entries; it is a view of `out` (rows
     `start:stop`) when given, else a fresh buffer reused by the next run, so a caller that keeps
     only a few entries of each run never holds a (rows x N) block. The sums are the same, bit for
     bit, either way: each entry receives the same additions in the same order.
+
+    `from_slots` (for a symmetric product, `left` and `right_by_col` the same matrix, slots from
+    `own_slots`) restricts each entry (i, k) to the rows j >= i of column k: only the upper
+    triangle (diagonal included) is summed, half the work. `M[i, j]` gets the additions over the
+    shared k in ascending order, as `M[j, i]` does, so the lower triangle is the mirror bit for bit.
     """
     device = left.ptr.device
     max_rows = max(1, _MAX_SCATTER_ELEMENTS // num_right)
@@ -107,12 +125,12 @@ def min_sum_chunks(left: SparseRows, right_by_col: SparseRows, start: int, stop:
             if scratch is None:
                 scratch = torch.empty(max_rows * num_right, dtype=torch.float32, device=device)
             block = scratch[:(hi - lo) * num_right].view(hi - lo, num_right).zero_()
-        _scatter_min_sums(left, right_by_col, lo, hi, num_right, block.view(-1))
+        _scatter_min_sums(left, right_by_col, lo, hi, num_right, block.view(-1), from_slots)
         yield lo, hi, block
 
 
 def _scatter_min_sums(left: SparseRows, right_by_col: SparseRows, lo: int, hi: int, num_right: int,
-                      flat: torch.Tensor) -> None:
+                      flat: torch.Tensor, from_slots: torch.Tensor | None = None) -> None:
     """Add `sum_k min(left[i, k], right[j, k])` into `flat[(i - lo) * num_right + j]`."""
     first, last = int(left.ptr[lo]), int(left.ptr[hi])
     if first == last:
@@ -122,7 +140,8 @@ def _scatter_min_sums(left: SparseRows, right_by_col: SparseRows, lo: int, hi: i
     # by index_add_ in that order, do not depend on how the rows were split into runs).
     row_start = torch.repeat_interleave(torch.arange(0, (hi - lo) * num_right, num_right, device=flat.device),
                                         left.row_lengths()[lo:hi])
-    owner, slot = expand_rows(right_by_col, left.index[first:last])
+    suffix = None if from_slots is None else from_slots[first:last]
+    owner, slot = expand_rows(right_by_col, left.index[first:last], suffix)
     # index_select, not advanced indexing: the same values, about twice as fast on CPU
     mins = torch.minimum(left.value[first:last].float().index_select(0, owner),
                          right_by_col.value.index_select(0, slot).float())

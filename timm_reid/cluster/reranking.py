@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float_matrix, check_no_nan, check_positive_int
-from ._sparse import SparseRows, expand_rows, min_sum_chunks, min_sums
+from ._sparse import SparseRows, expand_rows, min_sum_chunks, min_sums, own_slots
 
 _STORAGE_DTYPES = (torch.float32, torch.float16)
 # Rows per block when scanning distances: a block is (rows x N) float32.
@@ -255,11 +255,15 @@ def jaccard_within(features, *, max_distance: float, k1: int = 20, k2: int = 6,
     # jaccard(m) = 2 (1 - m) / (2 - m) decreases in m: jaccard <= d  <=>  m >= 2 (1 - d) / (2 - d).
     # Candidates are taken with a margin far above float32 rounding; the exact test follows.
     least_sum = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) - 1e-3
-    for lo, _, block in min_sum_chunks(by_row, by_col, 0, n, n):
+    # The min-sums are symmetric bit for bit: sum the upper triangle only, mirror what is kept.
+    upper = own_slots(by_row, by_col, n)
+    for lo, _, block in min_sum_chunks(by_row, by_col, 0, n, n, from_slots=upper):
         r, c = torch.nonzero(block >= least_sum, as_tuple=True)
         distance = _jaccard_in_place(block[r, c]).to(dtype)
         keep = distance <= max_distance
-        yield r[keep] + lo, c[keep], distance[keep]
+        r, c, distance = r[keep] + lo, c[keep], distance[keep]
+        off = r != c
+        yield torch.cat([r, c[off]]), torch.cat([c, r[off]]), torch.cat([distance, distance[off]])
 
 
 def _jaccard_in_place(m: torch.Tensor) -> torch.Tensor:
