@@ -165,6 +165,8 @@ class BlendFunction(torch.autograd.Function):
         dx_aibn, sum_dy_xhat, _, dgate = adaptive_backward(
             adaptive_saved, ctx.config, dy.permute(0, 2, 3, 1) if ctx.flip else dy, weight * b,
             need_dx and b != 0, need_dgate and b != 0)
+        if need_dgate and dgate is None:  # b == 0: AIBN unused, a zero gradient (as autograd gives)
+            dgate = torch.zeros_like(adaptive_saved[3])
         aibn_sum = sum_dy_xhat.sum(0)
         if dx_aibn is not None:
             dx = dx.add_(dx_aibn.permute(0, 3, 1, 2) if ctx.flip else dx_aibn)
