@@ -266,8 +266,8 @@ def iics_rows(args):
     plans = [("intra", MSMT_TRAIN), ("inter", args.inter_n)]
     runs = bench("iics", plans, args.reps, args.threads)
     for (method, n), rows in runs.items():
-        summary("iics", method, n, rows, args.threads, dim=ICE_DIM, cameras=MSMT_CAMERAS,
-                clusters=rows[0]["clusters"])
+        summary("iics", method, n, rows, args.threads, dim=ICE_DIM, clusters=rows[0]["clusters"],
+                cameras=MSMT_CAMERAS if method == "intra" else CAMERAS)
 
 
 WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard,
