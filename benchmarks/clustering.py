@@ -1,11 +1,12 @@
 """Clustering-side benchmarks: agglomerative vs sklearn, re-ranking vs a dense implementation,
 cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant),
-and the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix).
+the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix, and a
+cluster-contrast peer), and the IICS intra-/inter-camera steps.
 
 Every measurement runs in a fresh subprocess (time, and peak RSS growth over the inputs; see
 _memory.py) with --threads BLAS/OpenMP threads; rows are JSON lines with median / p20 / p80.
 
-    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan] [--reps 3] [--threads 1]
+    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan,iics] [--reps 3] [--threads 1]
 
 Sizes: Market-1501 train (12,936 images) everywhere; agglomerative also at --large N (default
 24,000) for timm-reid only - MSMT17 train (32,621) needs 3 x 4.3 GB here (float32 input,
@@ -160,20 +161,117 @@ def dense_dbscan(features: torch.Tensor) -> np.ndarray:
     return DBSCAN(eps=0.55, min_samples=4, metric="precomputed", n_jobs=1).fit_predict(dist)
 
 
+def peer_knn(unit: np.ndarray, k: int):
+    """The peer's neighbour lists: faiss's exact flat L2 index (as cluster-contrast), else torch."""
+    try:
+        import faiss
+    except ImportError:
+        feats = torch.from_numpy(unit)
+        ranks = [torch.topk(torch.cdist(feats[s:s + 1024], feats), k, largest=False).indices
+                 for s in range(0, len(unit), 1024)]
+        return torch.cat(ranks).numpy(), "torch_topk"
+    index = faiss.IndexFlatL2(unit.shape[1])
+    index.add(unit)
+    return index.search(unit, k)[1], f"faiss_{faiss.__version__}"
+
+
+def cluster_contrast_jaccard(features: torch.Tensor, k1=30, k2=6, float16=True):
+    """A re-implementation, written here, of cluster-contrast's faiss-based k-reciprocal Jaccard
+    distance (clustercontrast/utils/faiss_rerank.py, read to learn what it does): faiss k-NN
+    lists (k1 of them, self included), reciprocal sets and their expansion, row-softmax weights
+    of 2 - 2 cos into a dense N x N V, query expansion, an inverted index and row loops into a
+    dense N x N Jaccard matrix. float16 storage is the peer's own option (use_float16); float32
+    would need 12.8 GB at MSMT17 size."""
+    unit = torch.nn.functional.normalize(features.float(), dim=1).numpy()
+    n = unit.shape[0]
+    dtype = np.float16 if float16 else np.float32
+    ranks, knn_backend = peer_knn(unit, k1)
+
+    def reciprocal(i, k):
+        forward = ranks[i, :k + 1]
+        return forward[np.where(ranks[forward, :k + 1] == i)[0]]
+
+    half = int(np.around(k1 / 2))
+    sets = [reciprocal(i, k1) for i in range(n)]
+    halves = [reciprocal(i, half) for i in range(n)]
+    v = np.zeros((n, n), dtype=dtype)
+    for i in range(n):
+        expanded = sets[i]
+        for j in sets[i]:
+            if len(np.intersect1d(halves[j], sets[i])) > 2 / 3 * len(halves[j]):
+                expanded = np.append(expanded, halves[j])
+        expanded = np.unique(expanded)
+        logits = -(2.0 - 2.0 * unit[expanded] @ unit[i])
+        weight = np.exp(logits - logits.max())
+        v[i, expanded] = (weight / weight.sum()).astype(dtype)
+    del sets, halves
+    if k2 != 1:
+        expanded_v = np.zeros_like(v)
+        for i in range(n):
+            expanded_v[i] = v[ranks[i, :k2]].mean(axis=0)
+        v = expanded_v
+        del expanded_v
+    inverted = [np.where(v[:, k] != 0)[0] for k in range(n)]
+    jaccard = np.zeros((n, n), dtype=dtype)
+    for i in range(n):
+        shared = np.zeros(n, dtype=dtype)
+        for k in np.where(v[i] != 0)[0]:
+            shared[inverted[k]] += np.minimum(v[i, k], v[inverted[k], k])
+        jaccard[i] = 1 - shared / (2 - shared)
+    jaccard[jaccard < 0] = 0
+    return jaccard, knn_backend
+
+
 def work_dbscan(method: str, n: int) -> dict:
     import resource
 
     feats = planted_features(n, dim=ICE_DIM)
+    extra = {}
     if method == "dense":
         labels, seconds, peak = measure(lambda: dense_dbscan(feats))
+    elif method == "cluster_contrast_jaccard":
+        (_, extra["knn"]), seconds, peak = measure(lambda: cluster_contrast_jaccard(feats))
+        labels = np.zeros(0, dtype=np.int64)  # the peer's own weights give its own partition
     else:
         labels, seconds, peak = measure(lambda: dbscan_jaccard(feats, eps=0.55, min_samples=4, k1=30, k2=6))
-    return {"seconds": seconds, "peak_bytes": peak, "labels": labels.tolist(),
+    return {"seconds": seconds, "peak_bytes": peak, "labels": labels.tolist(), **extra,
             "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+MSMT_CAMERAS = 15
+
+
+def work_iics(method: str, n: int) -> dict:
+    """IICS pseudo-labelling on planted 2048-d features: the intra-camera step over 15 cameras
+    (MSMT17's count; 600 clusters per camera) or the inter-camera step (6 cameras' 600-class
+    scores, 800 clusters, mu 0.02)."""
+    from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
+
+    feats = planted_features(n, dim=ICE_DIM)
+    if method == "intra":
+        camids = torch.randint(0, MSMT_CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
+        result, seconds, peak = measure(lambda: cluster_intra_camera(feats, camids))
+        labels = result.labels
+    else:  # Market's 6 cameras x 600 classifier outputs
+        camids = torch.randint(0, CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
+        scores = camera_scores(n)
+        labels, seconds, peak = measure(lambda: cluster_inter_camera(
+            feats, scores, camids, mu=0.02, n_clusters=min(800, n // 2)))
+    return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1}
+
+
+def iics_rows(args):
+    """IICS intra-camera step at MSMT17 size; the inter-camera step at Market size (at MSMT17
+    size its N x N float32 matrix, float64 condensed copy and SciPy's working copy need ~13 GB)."""
+    plans = [("intra", MSMT_TRAIN), ("inter", args.inter_n)]
+    runs = bench("iics", plans, args.reps, args.threads)
+    for (method, n), rows in runs.items():
+        summary("iics", method, n, rows, args.threads, dim=ICE_DIM, clusters=rows[0]["clusters"],
+                cameras=MSMT_CAMERAS if method == "intra" else CAMERAS)
+
+
 WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard,
-           "dbscan": work_dbscan}
+           "dbscan": work_dbscan, "iics": work_iics}
 
 
 def bench(kind: str, plans, reps: int, threads: int):
@@ -228,15 +326,27 @@ def jaccard_rows(args):
 
 def dbscan_rows(args):
     """ICE clustering (eps 0.55, min samples 4, k1 30, k2 6) on 2048-d features: the sparse path at
-    MSMT17 and Market size, the dense path at Market size (same partition expected)."""
-    plans = [("dense", MARKET_TRAIN), ("sparse", MARKET_TRAIN), ("sparse", MSMT_TRAIN)]
+    MSMT17 and Market size, the dense path at Market size (same partition expected), and the
+    cluster-contrast peer's Jaccard step (its DBSCAN not included) at both sizes."""
+    plans = [("dense", MARKET_TRAIN), ("sparse", MARKET_TRAIN), ("cluster_contrast_jaccard", MARKET_TRAIN)]
+    if not args.skip_msmt:
+        plans += [("sparse", MSMT_TRAIN), ("cluster_contrast_jaccard", MSMT_TRAIN)]
     runs = bench("dbscan", plans, args.reps, args.threads)
     dense = runs[("dense", MARKET_TRAIN)]
     for (method, n), rows in runs.items():
         labels = np.array(rows[0]["labels"])
-        extra = {"dim": ICE_DIM, "clusters": int(labels.max()) + 1, "outliers": int((labels < 0).sum()),
-                 "process_peak_mb": max(r["process_peak_bytes"] for r in rows) / 2**20}
-        if n == MARKET_TRAIN:
+        extra = {"dim": ICE_DIM, "process_peak_mb": max(r["process_peak_bytes"] for r in rows) / 2**20}
+        if method == "cluster_contrast_jaccard":
+            extra["knn"] = rows[0]["knn"]
+        else:
+            extra.update(clusters=int(labels.max()) + 1, outliers=int((labels < 0).sum()))
+        if method == "sparse" and ("cluster_contrast_jaccard", n) in runs:
+            peer = runs[("cluster_contrast_jaccard", n)]
+            extra["time_ratio_peer_jaccard_over_this_whole_step"] = float(
+                np.median([r["seconds"] for r in peer]) / np.median([r["seconds"] for r in rows]))
+            extra["memory_ratio_peer_over_this"] = float(
+                np.median([r["peak_bytes"] for r in peer]) / max(1.0, np.median([r["peak_bytes"] for r in rows])))
+        if n == MARKET_TRAIN and method != "cluster_contrast_jaccard":
             extra["same_partition_as_dense"] = bool(np.array_equal(labels, np.array(dense[0]["labels"])))
             extra["time_ratio_dense_over_this"] = float(np.median([r["seconds"] for r in dense])
                                                         / np.median([r["seconds"] for r in rows]))
@@ -252,6 +362,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--large", type=int, default=24_000)
     parser.add_argument("--jaccard-n", type=int, default=2_000)
+    parser.add_argument("--skip-msmt", action="store_true", help="dbscan: Market-size rows only")
+    parser.add_argument("--inter-n", type=int, default=MARKET_TRAIN, help="iics: size of the inter-camera row")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
@@ -259,7 +371,7 @@ def main():
         print(json.dumps(WORKERS[kind](method, int(n))))
         return
     rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows,
-            "dbscan": dbscan_rows}
+            "dbscan": dbscan_rows, "iics": iics_rows}
     for kind in args.only.split(","):
         rows[kind](args)
 

@@ -9,7 +9,7 @@ index. It needs: python >= 3.10, torch (CUDA build; checked with 2.11 and 2.14),
 property-based kernel tests; without it those test files are reported as not run). Nothing is
 downloaded: models are built with random weights.
 
-Stages, each with its own time budget (the whole check is sized for < 8 minutes on one H100/H200):
+Stages, each with its own time budget (the whole check is sized for < 10 minutes on one H100/H200):
 
 1. ``tests``: ``tests/kernels/test_aibn.py`` and ``tests/kernels/test_tnorm.py`` with *compiled*
    Triton (``TRITON_INTERPRET`` unset), in a subprocess. The tests build CPU tensors; a shim moves
@@ -29,6 +29,12 @@ Stages, each with its own time budget (the whole check is sized for < 8 minutes 
    weights, batch of mixed cameras, TNorm conversion on) with the Triton backend and with the
    reference backend from the same initial state: losses per step (they must agree) and the
    median step-time ratio.
+5. ``paths``: the paths added for speed, timed where they run on a GPU: ICE's clustering step
+   (sparse Jaccard graph + DBSCAN) with the k-NN top-k on the GPU at MSMT17 size (32,621 planted
+   2048-d features) and its partition against the CPU run at 4,000 (adjusted Rand index >= 0.99
+   passes); a training step of ResNet-50 and ConvNeXt-T with ``entry="blend"`` (blend weight 0.3)
+   on the Triton backend and on the fused torch path, against the unpatched model; the AIBN torch
+   path against ``nn.BatchNorm2d`` at the ResNet layer3 shape.
 
 Output: one JSON object in ``--out`` (written atomically; an existing file is not overwritten):
 ``{"environment": ..., "stages": {name: {"ok": bool, "seconds": float, ...}}, "ok": bool}``.
@@ -60,8 +66,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_FILES = ["tests/kernels/test_aibn.py", "tests/kernels/test_tnorm.py"]
 # Seconds per stage, and for the whole check (--budget): a stage that would start with less than
 # a minute left is skipped, one that runs over its share is interrupted; both are reported.
-BUDGET_S = {"tests": 180, "layers": 60, "kernels": 120, "training": 120}
-TOTAL_BUDGET_S = 450
+BUDGET_S = {"tests": 180, "layers": 60, "kernels": 120, "training": 120, "paths": 120}
+TOTAL_BUDGET_S = 570
 
 
 class StageTimeout(Exception):
@@ -443,6 +449,117 @@ def _train_both(name: str, steps: int, batch: int) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- stage 5: new paths
+
+
+def _median_ms(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up (allocator, cuBLAS handles, autotuning)
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return round(1e3 * statistics.median(times), 3)
+
+
+def _ice_clustering(device: str, n: int, agreement_n: int) -> dict:
+    """ICE's clustering step (sparse Jaccard graph + DBSCAN) with the k-NN top-k on `device`, and
+    its partition against the same step on CPU features (adjusted Rand index; cuBLAS and the CPU
+    BLAS round differently, so the partitions can differ at near-ties)."""
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from timm_reid.cluster import dbscan_jaccard
+
+    def planted(size, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        centres = torch.randn(max(1, size // 17), 2048, generator=gen)
+        feats = centres[torch.randint(0, centres.shape[0], (size,), generator=gen)] + 0.9 * torch.randn(size, 2048, generator=gen)
+        return torch.nn.functional.normalize(feats, dim=1)
+
+    feats = planted(n).to(device)
+    start = time.perf_counter()
+    labels = dbscan_jaccard(feats)
+    seconds = time.perf_counter() - start
+    small = planted(agreement_n, seed=1)
+    here, cpu = dbscan_jaccard(small.to(device)), dbscan_jaccard(small)
+    ari = float(adjusted_rand_score(cpu, here))
+    return {"ok": ari >= 0.99, "n": n, "seconds": round(seconds, 2), "clusters": int(labels.max()) + 1,
+            "agreement_n": agreement_n, "ari_vs_cpu": ari, "same_partition_as_cpu": bool((cpu == here).all())}
+
+
+def _blend_steps(device: str, models, batch: int, image, reps: int, sync) -> dict:
+    """Training step of the unpatched model against entry="blend" with the Triton backend (AIBN
+    kernels beside the base norm) and with the reference backend (the fused torch Function)."""
+    import torch
+
+    import timm
+
+    import timm_reid
+    from timm_reid.layers import BlendedAIBN, use_backend
+
+    out = {}
+    for name in models:
+        torch.manual_seed(0)
+        base = timm.create_model(name, pretrained=False, num_classes=0).to(device).train()
+        blend = timm_reid.patch(copy.deepcopy(base), aibn=[3, 4], entry="blend").train()
+        for m in blend.modules():
+            if isinstance(m, BlendedAIBN):
+                m.blend.data.fill_(0.3)  # moved off 0, as after some training
+        x = torch.randn(batch, 3, *image, device=device)
+
+        def step(model):
+            model.zero_grad(set_to_none=True)
+            model(x).float().pow(2).mean().backward()
+
+        row = {"unpatched_ms": _median_ms(lambda: step(base), reps, sync)}
+        for backend in ("triton", "reference"):
+            if backend == "triton" and device == "cpu":
+                continue
+            with use_backend(backend):
+                row[f"blend_{backend}_ms"] = _median_ms(lambda: step(blend), reps, sync)
+            row[f"blend_{backend}_over_unpatched"] = round(row[f"blend_{backend}_ms"] / row["unpatched_ms"], 3)
+        out[name] = row
+    return out
+
+
+def _aibn_torch_path(device: str, reps: int, sync, shape=(64, 1024, 16, 8)) -> dict:
+    """The torch path of AIBN (one autograd Function) against nn.BatchNorm2d, forward + backward."""
+    import torch
+
+    from timm_reid.layers import AIBN, use_backend
+
+    x = torch.randn(shape, device=device, requires_grad=True)
+    dy = torch.randn(shape, device=device)
+    bn, aibn = torch.nn.BatchNorm2d(shape[1]).to(device), AIBN(shape[1]).to(device)
+
+    def step(layer):
+        x.grad = None
+        layer(x).backward(dy)
+
+    with use_backend("reference"):
+        row = {"shape": list(shape), "batchnorm2d_ms": _median_ms(lambda: step(bn), reps, sync),
+               "aibn_torch_ms": _median_ms(lambda: step(aibn), reps, sync)}
+    row["aibn_torch_over_batchnorm2d"] = round(row["aibn_torch_ms"] / row["batchnorm2d_ms"], 3)
+    return row
+
+
+def stage_paths(device: str = "cuda", cluster_n: int = 32_621, agreement_n: int = 4_000, batch: int = 32,
+                image=(256, 128), models=("resnet50", "convnext_tiny"), reps: int = 5) -> dict:
+    """Times the paths added for CPU speed where they also run on a GPU: ICE clustering with the
+    k-NN top-k on the GPU at MSMT17 size, the blended-norm training step (Triton and fused torch
+    path), and the AIBN torch path against BatchNorm2d. Runs on CPU too (at small sizes, tested)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    ice = _ice_clustering(device, cluster_n, agreement_n)
+    return {"ok": ice["ok"], "device": device, "ice_clustering": ice,
+            "blend_training_step": _blend_steps(device, models, batch, image, reps, sync),
+            "aibn_torch_path": _aibn_torch_path(device, reps, sync)}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -452,8 +569,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report (default: %(default)s)")
-    parser.add_argument("--stages", default="tests,layers,kernels,training",
-                        help="comma-separated subset of tests,layers,kernels,training (default: all)")
+    parser.add_argument("--stages", default="tests,layers,kernels,training,paths",
+                        help="comma-separated subset of tests,layers,kernels,training,paths (default: all)")
     parser.add_argument("--steps", type=int, default=6, help="training steps per backend (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=32, help="training batch size (default: %(default)s)")
     parser.add_argument("--jaccard-n", type=int, default=4096, help="n of the Jaccard timing (default: %(default)s)")
@@ -469,9 +586,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args._pytest:
         return run_pytest(args._pytest)
     stages = [s for s in args.stages.split(",") if s]
-    unknown = sorted(set(stages) - {"tests", "layers", "kernels", "training"})
+    unknown = sorted(set(stages) - set(BUDGET_S))
     if unknown:
-        parser.error(f"unknown stage(s) {unknown}; choose from tests, layers, kernels, training")
+        parser.error(f"unknown stage(s) {unknown}; choose from {', '.join(BUDGET_S)}")
     if args.out.exists():
         parser.error(f"--out {args.out} exists; choose another file or remove it (reports are never overwritten)")
     import torch
@@ -496,6 +613,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "layers": stage_layers,
             "kernels": lambda: stage_kernels(args.jaccard_n),
             "training": lambda: stage_training(args.steps, args.batch),
+            "paths": lambda: stage_paths(batch=args.batch),
         }
         timed(name, plan[name], report, seconds)
         write_json(args.out, report)  # partial results survive a later crash or timeout

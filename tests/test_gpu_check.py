@@ -69,3 +69,30 @@ def test_kernels_package_is_registered_from_a_bare_checkout():
     first, second = proc.stdout.splitlines()[-2:]
     assert Path(first) == ROOT / "kernels" / "__init__.py"
     assert second == "transform ('transform', 'normalize')"
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paths_stage_runs_on_cpu_at_small_sizes():
+    """The stage that times the new paths on a GPU, run here on CPU: every part reports."""
+    report = _gpu_check_module().stage_paths(device="cpu", cluster_n=300, agreement_n=200, batch=2, image=(64, 32),
+                                             models=("resnet18",), reps=1)
+    assert report["ok"] and report["ice_clustering"]["same_partition_as_cpu"]
+    assert report["ice_clustering"]["n"] == 300 and report["ice_clustering"]["clusters"] >= 1
+    step = report["blend_training_step"]["resnet18"]
+    assert step["unpatched_ms"] > 0 and step["blend_reference_ms"] > 0 and "blend_triton_ms" not in step
+    assert report["aibn_torch_path"]["aibn_torch_over_batchnorm2d"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_paths_stage_is_a_known_stage_and_needs_cuda(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "r.json"), "--stages", "paths"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "no CUDA device" in proc.stdout, proc.stderr

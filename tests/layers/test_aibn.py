@@ -264,3 +264,64 @@ def test_counts_and_gate_init_are_checked_as_patch_checks_them(kwargs, match):
 def test_extra_repr_names_backend():
     assert "backend='auto'" in repr(AIBN(3))
     assert "channels_last=True" in repr(AIBN(3, channels_last=True))
+
+
+def _fast_and_reference(x, dy, channels_last, training, mix="var"):
+    """dx, y of the fast autograd path (x's dtype) and of autograd through the float64 reference."""
+    from timm_reid.layers._autograd import adaptive_norm
+
+    c = x.shape[3] if channels_last else x.shape[1]
+    layer = make_layer(c, mix, 0.4, channels_last=channels_last).train(training)
+    kw = {} if training else {"eval_mean": layer.running_mean, "eval_var": layer.running_var}
+    xa = x.clone().requires_grad_()
+    y = adaptive_norm(xa, layer.weight, layer.bias, layer.gate, mix=mix, channels_last=channels_last, **kw)[0]
+    y.backward(dy)
+    xr = x.double().requires_grad_()
+    y_ref = F.aibn(xr, layer.weight.double(), layer.bias.double(), layer.gate.double(), layer.running_mean.double(),
+                   layer.running_var.double(), training=training, mix=mix, channels_last=channels_last)
+    y_ref.backward(dy.double())
+    return (y, xa.grad), (y_ref, xr.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mix", ["var", "std"])
+def test_fast_path_equals_reference_in_float64(channels_last, training, mix):
+    """The centred one-buffer forward and backward are the reference's values to float64 rounding."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (4, 3, 5, 6) if channels_last else (4, 6, 3, 5)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    (y, dx), (y_ref, dx_ref) = _fast_and_reference(x, dy, channels_last, training, mix)
+    assert_verbose_allclose(y, y_ref, 1e-12, 1e-12, "y")
+    assert_verbose_allclose(dx, dx_ref, 1e-12, 1e-10, "dx")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_path_has_no_cancellation_for_large_means(channels_last):
+    """std 1e-3 around a mean of 1 (rstd ~ 1e3): y and dx in float32 stay close to the float64
+    result. An uncentred form (``x * B + (c - B * mu_in)``) loses about three digits here."""
+    gen = torch.Generator().manual_seed(6)
+    shape = (3, 4, 6, 5) if channels_last else (3, 5, 4, 6)
+    x = (1 + 1e-3 * torch.randn(shape, generator=gen, dtype=torch.float64)).float()
+    dy = torch.randn(shape, generator=gen)
+    (y, dx), (y_ref, dx_ref) = _fast_and_reference(x, dy, channels_last, training=True)
+    assert_verbose_allclose(y, y_ref, 1e-3, 1e-3, "y")
+    assert_verbose_allclose(dx, dx_ref, 1e-3 * float(dx_ref.abs().max()), 1e-3, "dx")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nchw_input_stored_channels_last_gives_the_contiguous_result(training):
+    """Such inputs are reduced as their (N, H, W, C) memory view: same values and gradients."""
+    torch.manual_seed(8)
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    dy = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    results = []
+    for memory in (torch.contiguous_format, torch.channels_last):
+        layer = make_layer(6, "var", 0.4).double().train(training)
+        xm = x.clone(memory_format=memory).requires_grad_()
+        y = layer(xm)
+        y.backward(dy)
+        results.append((y, xm.grad, layer.gate.grad, layer.running_mean.clone()))
+    for got, want, name in zip(results[1], results[0], ("y", "dx", "dgate", "running_mean")):
+        assert_verbose_allclose(got, want, 1e-12, 1e-12, name)
