@@ -121,7 +121,7 @@ def test_command_line(tmp_path, capsys):
     out = tmp_path / "vi"
     assert main(["--out", str(out), "--modality", "vi", "--num-identities", "3",
                  "--num-test-identities", "2", "--image-size", "16", "8", "--infrared-cameras", "1",
-                 "--num-cameras", "2"]) == 0
+                 "--visible-cameras", "2"]) == 0
     assert "synthetic-vi" in capsys.readouterr().out
     assert (out / "exp" / "infrared_cameras.txt").read_text() == "3\n"
     with pytest.raises(SystemExit) as exit_info:

@@ -1,11 +1,13 @@
 """Dataset layouts: Market-1501, DukeMTMC-reID, MSMT17 (v1 and v2) and a generic CSV.
 
 Every loader returns a :class:`ReIDDataset` whose splits are lists of :class:`Record`
-``(path, pid, camid, modality)``:
+``(path, pid, camid)``:
 
 - ``camid`` is a 0-based int (file names count cameras from 1);
-- ``modality`` is :data:`VISIBLE` (0) or :data:`INFRARED` (1); every layout of this module is
-  visible-only (the visible-infrared layouts are in :mod:`timm_reid.data.visible_infrared`);
+- every layout of this module is visible-only; the visible-infrared layouts
+  (:mod:`timm_reid.data.visible_infrared`) return :class:`VIRecord` ``(path, pid, camid,
+  modality)``, which reads like a ``Record`` by attribute (:func:`modality_of` gives any record's
+  modality);
 - training pids are relabelled ``0..K-1`` in sorted order of the original pids; query,
   gallery and validation records keep their original pids;
 - ``pid == -1`` means "identity unknown" (unlabelled CSV data); Market-1501 junk images
@@ -30,6 +32,8 @@ __all__ = [
     "VISIBLE",
     "Record",
     "ReIDDataset",
+    "VIRecord",
+    "modality_of",
     "load_market1501",
     "load_dukemtmc",
     "load_msmt17",
@@ -43,13 +47,27 @@ VISIBLE, INFRARED = 0, 1
 
 
 class Record(NamedTuple):
-    """One image: file path, identity (-1 unknown), 0-based camera index and modality
-    (:data:`VISIBLE` or :data:`INFRARED`; a camera records one modality)."""
+    """One image: file path, identity (-1 unknown) and 0-based camera index."""
 
     path: str
     pid: int
     camid: int
-    modality: int = VISIBLE
+
+
+class VIRecord(NamedTuple):
+    """One image of a visible-infrared dataset: a :class:`Record` plus its modality
+    (:data:`VISIBLE` or :data:`INFRARED`; a camera records one modality). A separate type, so
+    that code unpacking a ``Record`` into three names keeps working on visible-only data."""
+
+    path: str
+    pid: int
+    camid: int
+    modality: int
+
+
+def modality_of(record) -> int:
+    """:data:`VISIBLE` for a :class:`Record`, the stored modality for a :class:`VIRecord`."""
+    return getattr(record, "modality", VISIBLE)
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,7 @@ class ReIDDataset:
             if records:
                 ids = len({r.pid for r in records if r.pid >= 0})
                 cams = len({r.camid for r in records})
-                infrared = sum(r.modality == INFRARED for r in records)
+                infrared = sum(modality_of(r) == INFRARED for r in records)
                 line = f"  {split:<8}{ids:>7}{len(records):>9}{cams:>9}"
                 lines.append(line + (f"   ({infrared} infrared)" if infrared else ""))
         differences = count_differences(self)

@@ -930,9 +930,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("visible", "vi"), default="visible",
                    help="visible: Market-1501 layout; vi: visible + infrared cameras in the "
                    "SYSU-MM01 layout (read it with --dataset sysumm01)")
-    p.add_argument("--num-cameras", type=int, default=None,
-                   help=f"cameras (default {d.num_cameras}); with --modality vi the visible "
-                   f"cameras (default {VisibleInfraredConfig.num_visible_cameras})")
+    p.add_argument("--num-cameras", type=int, default=d.num_cameras, help="cameras")
+    p.add_argument("--visible-cameras", type=int, default=VisibleInfraredConfig.num_visible_cameras,
+                   help="--modality vi: visible cameras")
     p.add_argument("--infrared-cameras", type=int, default=VisibleInfraredConfig.num_infrared_cameras,
                    help="--modality vi: infrared cameras")
     p.add_argument("--infrared-strength", type=float, default=VisibleInfraredConfig.infrared_strength,
@@ -961,12 +961,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _visible_infrared_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     d = SyntheticConfig()
     ignored = [flag for flag, value, default in (
+        ("--num-cameras", args.num_cameras, d.num_cameras),
         ("--cameras-per-identity", tuple(args.cameras_per_identity), d.cameras_per_identity),
         ("--num-distractors", args.num_distractors, d.num_distractors)) if value != default]
     if ignored:
-        parser.error(f"{', '.join(ignored)}: not used with --modality vi (each identity is seen by "
-                     "1..all visible and 1..all infrared cameras; the gallery has no distractors)")
-    visible = args.num_cameras if args.num_cameras is not None else VisibleInfraredConfig.num_visible_cameras
+        parser.error(f"{', '.join(ignored)}: not used with --modality vi (--visible-cameras and "
+                     "--infrared-cameras count its cameras; each identity is seen by 1..all visible and "
+                     "1..all infrared cameras; the gallery has no distractors)")
+    visible = args.visible_cameras
     return VisibleInfraredConfig(
         seed=args.seed, num_visible_cameras=visible, num_infrared_cameras=args.infrared_cameras,
         num_identities=args.num_identities, num_test_identities=args.num_test_identities,
@@ -985,9 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if vi:
             config = _visible_infrared_config(args, parser)
         else:
-            options = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY}
-            options["num_cameras"] = args.num_cameras if args.num_cameras is not None else SyntheticConfig.num_cameras
-            config = _config_from(options)
+            config = _config_from({k: v for k, v in vars(args).items() if k not in _CLI_ONLY})
     except ValueError as err:
         parser.error(str(err))
     try:
@@ -1004,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-_CLI_ONLY = ("out", "contact_sheet", "modality", "infrared_cameras", "infrared_strength")
+_CLI_ONLY = ("out", "contact_sheet", "modality", "visible_cameras", "infrared_cameras", "infrared_strength")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Visible-infrared layouts: SYSU-MM01 and RegDB, as distributed (no conversion step).
 
-Both return a :class:`~timm_reid.data.layouts.ReIDDataset` whose records carry their modality
+Both return a :class:`~timm_reid.data.layouts.ReIDDataset` of
+:class:`~timm_reid.data.layouts.VIRecord` records, which carry their modality
 (:data:`~timm_reid.data.layouts.VISIBLE` / :data:`~timm_reid.data.layouts.INFRARED`); a camera
 records one modality. Query and gallery follow the papers' test protocols
 (:mod:`timm_reid.evaluation.visible_infrared` evaluates them):
@@ -19,7 +20,7 @@ import os
 import re
 from typing import Sequence
 
-from timm_reid.data.layouts import (INFRARED, VISIBLE, Record, ReIDDataset, _make_dataset,
+from timm_reid.data.layouts import (INFRARED, VISIBLE, ReIDDataset, VIRecord, _make_dataset,
                                     _malformed_error)
 from timm_reid.data.published import warn_if_unexpected
 
@@ -84,7 +85,7 @@ def _sysu_infrared(base: str, cameras: Sequence[int]) -> tuple[int, ...]:
     return infrared
 
 
-def _sysu_records(base: str, camera: int, modality: int, wanted: set[int]) -> list[Record]:
+def _sysu_records(base: str, camera: int, modality: int, wanted: set[int]) -> list[VIRecord]:
     """Records of camera folder ``cam<camera>`` for the identities in ``wanted``, sorted."""
     folder = os.path.join(base, f"cam{camera}")
     entries = sorted(os.listdir(folder))
@@ -99,7 +100,7 @@ def _sysu_records(base: str, camera: int, modality: int, wanted: set[int]) -> li
         person = os.path.join(folder, entry)
         for name in sorted(os.listdir(person)):
             if name.lower().endswith(_IMAGE_EXTENSIONS):
-                records.append(Record(os.path.join(person, name), int(entry), camera - 1, modality))
+                records.append(VIRecord(os.path.join(person, name), int(entry), camera - 1, modality))
     return records
 
 
@@ -152,7 +153,7 @@ _REGDB_HINT = ("ROOT/Visible/..., ROOT/Thermal/... and ROOT/idx/{train,test}_{vi
                "{1..10}.txt with lines 'Visible/ID/NAME.bmp LABEL'")
 
 
-def _read_regdb_list(path: str, base: str, camid: int, modality: int) -> list[Record]:
+def _read_regdb_list(path: str, base: str, camid: int, modality: int) -> list[VIRecord]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RegDB list file not found: {path}. Expected layout: {_REGDB_HINT}")
     with open(path, encoding="utf-8") as f:
@@ -163,7 +164,7 @@ def _read_regdb_list(path: str, base: str, camid: int, modality: int) -> list[Re
         if len(fields) != 2 or not fields[1].isdigit():
             bad.append(line)
             continue
-        records.append(Record(os.path.join(base, fields[0]), int(fields[1]), camid, modality))
+        records.append(VIRecord(os.path.join(base, fields[0]), int(fields[1]), camid, modality))
     if bad or not records:
         raise _malformed_error(path, bad or ["(empty file)"], len(lines),
                                "lines 'RELATIVE/PATH.bmp LABEL' (LABEL an int)")
@@ -198,7 +199,7 @@ def load_regdb(root: str | os.PathLike, *, trial: int = 1) -> ReIDDataset:
                                 f"{_REGDB_HINT}")
     idx = os.path.join(base, "idx")
 
-    def split(part: str, modality: int) -> list[Record]:
+    def split(part: str, modality: int) -> list[VIRecord]:
         name = "visible" if modality == VISIBLE else "thermal"
         return _read_regdb_list(os.path.join(idx, f"{part}_{name}_{trial}.txt"), base,
                                 camid=modality, modality=modality)
