@@ -221,7 +221,7 @@ def test_camera_weights_make_camera_sizes_uneven(tmp_path):
         cams = [int(n.split("_c")[1][0]) - 1 for n in os.listdir(tmp_path / name / "bounding_box_train")]
         counts[name] = np.bincount(cams, minlength=4)
     assert counts["uneven"][0] > 2 * counts["uneven"][3]  # expected ratio ~3 (without replacement)
-    assert counts["even"].max() < 1.5 * counts["even"].min()
+    assert counts["even"].max() < 2 * counts["even"].min()  # 43-55 per camera for seed 1
     # the stored weights are part of the config a reuse is checked against, both ways
     with pytest.raises(ValueError, match="camera_weights: stored"):
         load_synthetic(tmp_path / "uneven", **options)
