@@ -69,6 +69,10 @@ CONFIGS = {
 # method -> (train flags, demo preset); the preset's input size is overridden by the data's.
 METHODS = {"ice": ["--method", "ice", "--preset", "ice-demo"], "iics": ["--preset", "demo"]}
 INITS = ("random", "isr")
+# variant -> extra flags per method: "auto" is the presets as they are; "fixed" the values the demos
+# used before they became automatic (eps 0.5; 100 clusters per camera, 180 overall)
+VARIANTS = {"auto": {"ice": [], "iics": []},
+            "fixed": {"ice": ["--eps", "0.5"], "iics": ["--intra-clusters", "100", "--inter-clusters", "180"]}}
 
 
 def generator_argv(name, out):
@@ -94,9 +98,10 @@ def image_size(name):
     return CONFIGS[name].get("image_size", (64, 32))
 
 
-def train_argv(results, name, method, init, out):
+def train_argv(results, name, method, init, out, variant="auto"):
     h, w = image_size(name)
-    argv = [sys.executable, "-m", "timm_reid.train", *METHODS[method], "--dataset", "market1501",
+    argv = [sys.executable, "-m", "timm_reid.train", *METHODS[method], *VARIANTS[variant][method],
+            "--dataset", "market1501",
             "--root", data_dir(results, name), "--seed", str(CONFIGS[name]["seed"]), "--output", out,
             "--height", str(h), "--width", str(w), "--threads", "1", "--no-progress", "--no-plots"]
     if init != "random":
@@ -104,8 +109,9 @@ def train_argv(results, name, method, init, out):
     return argv
 
 
-def run_dir(results, name, method, init):
-    return os.path.join(results, "runs", f"{name}-{method}-{init}")
+def run_dir(results, name, method, init, variant="auto"):
+    suffix = "" if variant == "auto" else f"-{variant}"
+    return os.path.join(results, "runs", f"{name}-{method}-{init}{suffix}")
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -151,10 +157,10 @@ def rounds_of(run, method):
     return out
 
 
-def run_one(results, name, method, init):
+def run_one(results, name, method, init, variant):
     data = ensure_data(results, name)
-    out = run_dir(results, name, method, init)
-    argv = train_argv(results, name, method, init, out)
+    out = run_dir(results, name, method, init, variant)
+    argv = train_argv(results, name, method, init, out, variant)
     resuming = os.path.isfile(os.path.join(out, "last.pth"))
     command = ([sys.executable, "-m", "timm_reid.train", "--resume", out, "--threads", "1", "--no-progress",
                 "--no-plots"] if resuming else argv)
@@ -163,11 +169,13 @@ def run_one(results, name, method, init):
     with open(os.path.join(results, "runs", f"{os.path.basename(out)}.log"), "a") as log:
         proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        return {"config": name, "method": method, "init": init, "status": "failed", "returncode": proc.returncode,
+        return {"config": name, "method": method, "init": init, "variant": variant, "status": "failed",
+                "returncode": proc.returncode,
                 "argv": _relative(argv), "seconds": round(time.time() - start, 1)}
     with open(os.path.join(out, "final_metrics.json")) as f:
         final = json.load(f)
-    return {"config": name, "method": method, "init": init, "status": "done", "argv": _relative(argv),
+    return {"config": name, "method": method, "init": init, "variant": variant, "status": "done",
+            "argv": _relative(argv),
             "generator": CONFIGS[name], "truth": true_counts(data), "wall_time_s": final["wall_time_s"],
             "initial": final["initial"]["test"], "final": final["final"]["test"], "rounds": rounds_of(out, method)}
 
@@ -182,13 +190,12 @@ def run_all(args):
     for init in args.inits:
         for method in args.methods:
             for name in args.configs:
-                done = {(r["config"], r["method"], r["init"]) for r in read_jsonl(path) if r["status"] == "done"}
-                if (name, method, init) in done:
+                if _key(name, method, init, args.variant) in latest_rows(args.results):
                     continue
-                print(f"[suite] {name} {method} {init} ...", flush=True)
-                row = run_one(args.results, name, method, init)
+                print(f"[suite] {name} {method} {init} {args.variant} ...", flush=True)
+                row = run_one(args.results, name, method, init, args.variant)
                 append_jsonl(row, path)
-                print(f"[suite] {name} {method} {init}: {_short(row)}", flush=True)
+                print(f"[suite] {name} {method} {init} {args.variant}: {_short(row)}", flush=True)
                 report(args.results)
 
 
@@ -201,10 +208,16 @@ def _short(row):
 
 # ------------------------------------------------------------------------------------------ report
 
+def _key(name, method, init, variant):
+    return (name, method, init, variant)
+
+
 def latest_rows(results):
+    """Finished rows by (config, method, init, variant); a later row (a rerun) wins."""
     rows = {}
     for r in read_jsonl(os.path.join(results, "runs.jsonl")):
-        rows[(r["config"], r["method"], r["init"])] = r  # a later row (a rerun) wins
+        if r["status"] == "done":
+            rows[_key(r["config"], r["method"], r["init"], r.get("variant", "auto"))] = r
     return rows
 
 
@@ -219,19 +232,16 @@ def _first_clustering(row):
 
 
 def table(results):
-    lines = ["| config | method | init | train images | mAP initial -> final | rank-1 initial -> final | gain | "
+    lines = ["| config | method | init | variant | train images | mAP initial -> final | rank-1 initial -> final | gain | "
              "wall s | 1st clustering: clusters / true ids | 1st outlier share | ARI per round |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, method, init), row in sorted(latest_rows(results).items(),
-                                            key=lambda kv: (list(CONFIGS).index(kv[0][0]), kv[0][1:])):
-        if row["status"] != "done":
-            lines.append(f"| {name} | {method} | {init} | | failed (exit {row['returncode']}) | | | | | | |")
-            continue
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, method, init, variant), row in sorted(latest_rows(results).items(),
+                                                     key=lambda kv: (list(CONFIGS).index(kv[0][0]), kv[0][1:])):
         i, f = row["initial"], row["final"]
         clusters, outliers = _first_clustering(row)
         ari_key = "ice_ari" if method == "ice" else "inter_ari"
         aris = " ".join(f"{r[ari_key]:.2f}" for r in row["rounds"] if ari_key in r)
-        lines.append(f"| {name} | {method} | {init} | {row['truth']['images']} | {100 * i['mAP']:.1f} -> "
+        lines.append(f"| {name} | {method} | {init} | {variant} | {row['truth']['images']} | {100 * i['mAP']:.1f} -> "
                      f"{100 * f['mAP']:.1f} | {100 * i['rank1']:.1f} -> {100 * f['rank1']:.1f} | "
                      f"{100 * (f['mAP'] - i['mAP']):+.1f} | {row['wall_time_s']:.0f} | {clusters} | {outliers} | "
                      f"{aris} |")
@@ -243,19 +253,19 @@ def plot(results, path):
 
     rows = latest_rows(results)
     names = [n for n in CONFIGS if any(k[0] == n for k in rows)]
-    series = sorted({k[1:] for k, r in rows.items() if r["status"] == "done"})
+    series = sorted({k[1:] for k in rows})
     fig = Figure(figsize=(max(6, 1.1 * len(names) + 2), 4.5))
     ax = fig.subplots()
     width = 0.8 / max(len(series), 1)
-    for j, (method, init) in enumerate(series):
+    for j, (method, init, variant) in enumerate(series):
         xs, initial, final = [], [], []
         for i, name in enumerate(names):
-            row = rows.get((name, method, init))
-            if row is not None and row["status"] == "done":
+            row = rows.get((name, method, init, variant))
+            if row is not None:
                 xs.append(i + (j - (len(series) - 1) / 2) * width)
                 initial.append(100 * row["initial"]["mAP"])
                 final.append(100 * row["final"]["mAP"])
-        bars = ax.bar(xs, final, width=width * 0.9, label=f"{method} {init}: final")
+        bars = ax.bar(xs, final, width=width * 0.9, label=f"{method} {init} {variant}")
         ax.scatter(xs, initial, color=bars.patches[0].get_facecolor() if bars.patches else None,
                    marker="_", s=200, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
@@ -281,6 +291,7 @@ def main():
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
+    p.add_argument("--variant", default="auto", choices=list(VARIANTS))
     p.add_argument("--report", action="store_true", help="only rebuild tables.md and suite.png")
     p.add_argument("--generate", action="store_true", help="only write the datasets")
     args = p.parse_args()

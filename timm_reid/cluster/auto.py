@@ -1,0 +1,190 @@
+"""Clustering settings found from the unlabeled data: DBSCAN eps (ICE) and cluster counts (IICS).
+
+Both rules look only at the distances the clustering itself uses, so they run again at every
+clustering and follow the features as training improves them.
+
+**DBSCAN eps** (:func:`dbscan_auto`): a point is a DBSCAN core point exactly when its
+``(min_samples - 1)``-th nearest other point lies within eps, and a point is an outlier when it
+is neither a core point nor within eps of one. The outlier share therefore falls monotonically
+as eps grows, while the cluster count first rises (groups form) and then falls (groups chain
+together). The candidates are quantiles of the ``(min_samples - 1)``-th nearest-neighbour
+Jaccard distances; among those whose outlier share is at most ``max_outlier_share`` and that
+give at least ``min_clusters`` clusters, the rule takes the one with the most clusters, then the
+fewest outliers (the widest eps of a plateau). When no candidate reaches the share it takes the
+one with the fewest outliers; when none gives ``min_clusters`` clusters it raises.
+One pass over the k-reciprocal Jaccard distances (:func:`~timm_reid.cluster.rerank_blocks`)
+keeps the entries below the largest candidate as a sparse graph; each candidate is one DBSCAN
+on it (the partition equals :func:`~timm_reid.cluster.dbscan_jaccard` at the chosen eps).
+
+**Cluster count** (:func:`estimate_num_clusters`): average linkage on the re-ranked cosine
+distance, cut at the largest gap between consecutive merge heights (the classic dendrogram
+cut), among the counts that leave clusters of 1.5 to 30 images on average. On separated
+clusters the largest gap lies between the last merge inside a cluster and the first across
+clusters; on random-init features there is no such gap yet (the count is then little better
+than the range allows), so the counts are re-estimated at every round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._checks import as_float_matrix, check_no_nan, check_positive_int
+from .agglomerative import condensed_upper_triangle
+from .reranking import rerank, rerank_blocks
+
+# Defaults chosen on the suite (benchmarks/results/suite/README.md), never on a test split.
+MAX_OUTLIER_SHARE = 0.3
+MIN_SIZE, MAX_SIZE = 1.5, 30.0  # average images per cluster the count may imply
+_EPS_QUANTILES = np.round(np.arange(0.02, 0.995, 0.02), 2)
+_GRAPH_CAP = 0.999  # Jaccard distance 1: no shared neighbour, never a DBSCAN neighbour here
+
+
+@dataclass(frozen=True)
+class EpsChoice:
+    """What :func:`dbscan_auto` chose, and what the chosen partition looks like."""
+
+    eps: float
+    min_samples: int
+    clusters: int
+    outlier_share: float
+    largest: int
+    reason: str
+
+    def describe(self) -> str:
+        return (f"eps {self.eps:.4f} (auto, {self.reason}), min samples {self.min_samples}: "
+                f"{self.clusters} clusters, {100 * self.outlier_share:.1f} % outliers, largest {self.largest}")
+
+
+def _checked_unit_features(features, name="features") -> torch.Tensor:
+    feats = as_float_matrix(features, name)
+    check_no_nan(feats, name)
+    return torch.nn.functional.normalize(feats.float(), dim=1)
+
+
+def _jaccard_neighbours(unit, *, k: int, k1: int, k2: int, cap: float):
+    """Distances to the ``k`` nearest other points (N, k) and the CSR graph of entries <= cap."""
+    from scipy import sparse
+
+    n = unit.shape[0]
+    knn, rows, cols, vals = [], [], [], []
+    for start, stop, block in rerank_blocks(features=unit, k1=k1, k2=k2, lambda_value=0.0):
+        idx = torch.arange(start, stop)
+        others = block.clone()
+        others[idx - start, idx] = float("inf")
+        knn.append(torch.topk(others, k, dim=1, largest=False).values)
+        r, c = torch.nonzero(block <= cap, as_tuple=True)
+        rows.append((r + start).numpy())
+        cols.append(c.numpy())
+        vals.append(block[r, c].double().numpy())
+    graph = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    graph.sort_indices()
+    return torch.cat(knn).numpy(), graph
+
+
+def _dbscan(graph, eps, min_samples):
+    from scipy import sparse
+    from sklearn.cluster import DBSCAN
+
+    coo = graph.tocoo()
+    keep = coo.data <= eps
+    sub = sparse.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=graph.shape)
+    sub.sort_indices()
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(sub)
+
+
+def _summary(labels):
+    clustered = labels[labels >= 0]
+    sizes = np.bincount(clustered) if clustered.size else np.zeros(0, int)
+    return int(sizes.size), float((labels < 0).mean()), int(sizes.max()) if sizes.size else 0
+
+
+def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
+                max_outlier_share: float = MAX_OUTLIER_SHARE, min_clusters: int = 1):
+    """DBSCAN on the k-reciprocal Jaccard distance with eps found from the data (module docstring).
+
+    Returns ``(labels, EpsChoice)``; labels ``-1`` are outliers. Raises ``ValueError`` with the
+    cause and the fix when the data cannot be clustered (fewer than ``min_samples + 1`` images,
+    or no eps giving ``min_clusters`` clusters).
+    """
+    check_positive_int(min_samples, "min_samples")
+    check_positive_int(min_clusters, "min_clusters")
+    if not 0 <= max_outlier_share < 1:
+        raise ValueError(f"max_outlier_share must lie in [0, 1), got {max_outlier_share}")
+    unit = _checked_unit_features(features)
+    n = unit.shape[0]
+    if n < max(min_samples + 1, 3):
+        raise ValueError(f"automatic eps needs more than min_samples={min_samples} images (and at least 3), "
+                         f"got {n}: cluster more images or lower min samples")
+    k = max(min_samples - 1, 1)
+    knn, graph = _jaccard_neighbours(unit, k=k, k1=min(k1, n - 1), k2=min(k2, n), cap=_GRAPH_CAP)
+    kth = knn[:, k - 1]
+    candidates = np.unique(np.quantile(kth[kth <= _GRAPH_CAP], _EPS_QUANTILES)) if (kth <= _GRAPH_CAP).any() else []
+    # float32 values: the distances are float32, so a candidate compares alike everywhere
+    candidates = [float(np.float32(e)) for e in candidates if e > 0] or [float(np.float32(_GRAPH_CAP))]
+    tried = [(eps, labels, *_summary(labels)) for eps in candidates
+             for labels in [_dbscan(graph, eps, min_samples)]]
+    usable = [t for t in tried if t[2] >= min_clusters]
+    if not usable:
+        raise ValueError(f"no eps gives {min_clusters} DBSCAN clusters on these {n} images (at most "
+                         f"{max(t[2] for t in tried)}): the features do not separate into groups of "
+                         f"{min_samples}; lower min samples, or the batch's identity count")
+    within = [t for t in usable if t[3] <= max_outlier_share]
+    if within:  # most clusters, then fewest outliers (the widest eps of a plateau)
+        eps, labels, clusters, share, largest = max(within, key=lambda t: (t[2], -t[3]))
+        reason = "most clusters within the outlier share"
+    else:  # no candidate reaches the share: the fewest outliers
+        eps, labels, clusters, share, largest = min(usable, key=lambda t: (t[3], -t[2]))
+        reason = "fewest outliers (share not reached)"
+    return labels, EpsChoice(eps=eps, min_samples=min_samples, clusters=clusters, outlier_share=share,
+                             largest=largest, reason=reason)
+
+
+def largest_gap_count(heights: np.ndarray, *, lo: int, hi: int) -> int:
+    """Cluster count at the largest gap between consecutive merge heights (ascending, n - 1 of
+    them), among the counts ``lo..hi``: cutting after merge ``i`` leaves ``n - 1 - i`` clusters."""
+    n = len(heights) + 1
+    lo, hi = max(1, lo), min(n, hi)
+    if n == 1 or lo >= hi:
+        return min(max(lo, 1), n)
+    gaps = np.diff(np.concatenate([[0.0], heights, [heights[-1]]]))  # gaps[j]: before merge j
+    # j merges applied -> n - j clusters; the gap before merge j separates counts n-j+1 / n-j
+    js = np.arange(n - hi, n - lo + 1)
+    best = js[np.argmax(gaps[js])]
+    return int(n - best)
+
+
+def estimate_num_clusters(features, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                          rerank_distances: bool = True, min_size: float = MIN_SIZE,
+                          max_size: float = MAX_SIZE) -> int:
+    """Cluster count of ``features`` (module docstring): average linkage on the (re-ranked) cosine
+    distance, cut at the largest gap between merge heights among the counts that give clusters
+    of ``min_size`` to ``max_size`` images on average. One image: 1 cluster."""
+    from scipy.cluster.hierarchy import linkage
+
+    unit = _checked_unit_features(features)
+    n = unit.shape[0]
+    if n == 0:
+        raise ValueError("estimate_num_clusters needs at least one image, got 0")
+    if n == 1:
+        return 1
+    if rerank_distances:
+        dist = rerank(features=unit, k1=min(k1, n - 1), k2=min(k2, n), lambda_value=lambda_value)
+    else:
+        dist = 1.0 - unit @ unit.t()
+    dist = torch.maximum(dist, dist.t())  # re-ranking is not exactly symmetric
+    dist.fill_diagonal_(0.0)
+    heights = np.sort(linkage(condensed_upper_triangle(dist), "average")[:, 2])
+    return largest_gap_count(heights, lo=int(np.ceil(n / max_size)), hi=max(1, int(n // min_size)))
+
+
+def estimate_camera_cluster_counts(features, camids, **kw) -> dict[int, int]:
+    """:func:`estimate_num_clusters` of each camera's images: ``{camera id: count}``."""
+    unit = _checked_unit_features(features)
+    camids = np.asarray(camids)
+    if camids.shape != (unit.shape[0],):
+        raise ValueError(f"camids must hold one camera id per image: {camids.shape} for {unit.shape[0]} images")
+    return {int(c): estimate_num_clusters(unit[torch.from_numpy(camids == c)], **kw)
+            for c in np.unique(camids)}
