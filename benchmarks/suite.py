@@ -140,9 +140,9 @@ def true_counts(data):
 
 
 ROUND_KEYS = {
-    "ice": ("ice_clusters", "ice_outliers", "ice_labelled", "ice_ari", "ice_eps", "ice_min_samples"),
-    "iics": ("intra_clusters", "intra_ari", "intra_dropped", "inter_clusters", "inter_ari",
-             "inter_singletons", "intra_threshold", "inter_threshold"),
+    "ice": ("ice_clusters", "ice_outliers", "ice_labelled", "ice_largest", "ice_ari", "ice_eps", "ice_eps_reason"),
+    "iics": ("intra_clusters", "intra_ari", "intra_dropped", "inter_target_clusters", "inter_clusters",
+             "inter_largest", "inter_ari", "inter_singletons"),
 }
 
 
@@ -277,6 +277,21 @@ def plot(results, path):
     fig.savefig(path, dpi=100)
 
 
+def refresh_rounds(results):
+    """Re-read the per-round facts of every finished row from its run directory (after
+    ``ROUND_KEYS`` gained a key); rows whose run directory is gone are kept as they are."""
+    path = os.path.join(results, "runs.jsonl")
+    rows = read_jsonl(path)
+    for r in rows:
+        run = run_dir(results, r["config"], r["method"], r["init"], r.get("variant", "auto"))
+        if r["status"] == "done" and os.path.isfile(os.path.join(run, "metrics.jsonl")):
+            r["rounds"] = rounds_of(run, r["method"])
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
 def report(results):
     tmp = os.path.join(results, "tables.md.tmp")
     with open(tmp, "w") as f:
@@ -293,9 +308,13 @@ def main():
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     p.add_argument("--variant", default="auto", choices=list(VARIANTS))
     p.add_argument("--report", action="store_true", help="only rebuild tables.md and suite.png")
+    p.add_argument("--refresh-rounds", action="store_true",
+                   help="with --report: first re-read every row's per-round facts from its run directory")
     p.add_argument("--generate", action="store_true", help="only write the datasets")
     args = p.parse_args()
     if args.report:
+        if args.refresh_rounds:
+            refresh_rounds(args.results)
         report(args.results)
     elif args.generate:
         for name in args.configs:

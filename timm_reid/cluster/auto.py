@@ -9,9 +9,11 @@ is neither a core point nor within eps of one. The outlier share therefore falls
 as eps grows, while the cluster count first rises (groups form) and then falls (groups chain
 together). The candidates are quantiles of the ``(min_samples - 1)``-th nearest-neighbour
 Jaccard distances; among those whose outlier share is at most ``max_outlier_share`` and that
-give at least ``min_clusters`` clusters, the rule takes the one with the most clusters, then the
-fewest outliers (the widest eps of a plateau). When no candidate reaches the share it takes the
-one with the fewest outliers; when none gives ``min_clusters`` clusters it raises.
+give at least ``min_clusters`` clusters, the rule takes the fewest outliers among those with at
+least 0.9 x the largest cluster count (the most clusters alone splits true clusters into their
+dense cores, with many outliers around them; the fewest outliers alone chains clusters together).
+When no candidate reaches the share it takes the one with the fewest outliers; when none gives
+``min_clusters`` clusters it raises.
 One pass over the k-reciprocal Jaccard distances (:func:`~timm_reid.cluster.rerank_blocks`)
 keeps the entries below the largest candidate as a sparse graph; each candidate is one DBSCAN
 on it (the partition equals :func:`~timm_reid.cluster.dbscan_jaccard` at the chosen eps).
@@ -38,7 +40,8 @@ from .reranking import rerank, rerank_blocks
 # Defaults chosen on the suite (benchmarks/results/suite/README.md), never on a test split.
 MAX_OUTLIER_SHARE = 0.3
 MIN_SIZE, MAX_SIZE = 1.5, 30.0  # average images per cluster the count may imply
-_EPS_QUANTILES = np.round(np.arange(0.02, 0.995, 0.02), 2)
+_EPS_QUANTILES = np.round(np.arange(0.02, 1.001, 0.02), 2)  # 1: every point a core point
+NEAR_MOST = 0.9
 _GRAPH_CAP = 0.999  # Jaccard distance 1: no shared neighbour, never a DBSCAN neighbour here
 
 
@@ -64,13 +67,13 @@ def _checked_unit_features(features, name="features") -> torch.Tensor:
     return torch.nn.functional.normalize(feats.float(), dim=1)
 
 
-def _jaccard_neighbours(unit, *, k: int, k1: int, k2: int, cap: float):
+def _jaccard_neighbours(feats, *, k: int, k1: int, k2: int, cap: float):
     """Distances to the ``k`` nearest other points (N, k) and the CSR graph of entries <= cap."""
     from scipy import sparse
 
-    n = unit.shape[0]
+    n = feats.shape[0]
     knn, rows, cols, vals = [], [], [], []
-    for start, stop, block in rerank_blocks(features=unit, k1=k1, k2=k2, lambda_value=0.0):
+    for start, stop, block in rerank_blocks(features=feats, k1=k1, k2=k2, lambda_value=0.0):
         idx = torch.arange(start, stop)
         others = block.clone()
         others[idx - start, idx] = float("inf")
@@ -101,6 +104,13 @@ def _summary(labels):
     return int(sizes.size), float((labels < 0).mean()), int(sizes.max()) if sizes.size else 0
 
 
+def _fewest_outliers_near_most_clusters(tried):
+    """Among candidates with at least ``NEAR_MOST`` x the largest cluster count: the fewest
+    outliers, then the most clusters, then the smallest eps."""
+    floor = NEAR_MOST * max(t[2] for t in tried)
+    return min((t for t in tried if t[2] >= floor), key=lambda t: (t[3], -t[2], t[0]))
+
+
 def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
                 max_outlier_share: float = MAX_OUTLIER_SHARE, min_clusters: int = 1):
     """DBSCAN on the k-reciprocal Jaccard distance with eps found from the data (module docstring).
@@ -113,13 +123,15 @@ def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
     check_positive_int(min_clusters, "min_clusters")
     if not 0 <= max_outlier_share < 1:
         raise ValueError(f"max_outlier_share must lie in [0, 1), got {max_outlier_share}")
-    unit = _checked_unit_features(features)
-    n = unit.shape[0]
+    feats = as_float_matrix(features, "features")
+    check_no_nan(feats, "features")
+    feats = feats.float()  # re-ranking normalises the rows itself (as dbscan_jaccard: same partition)
+    n = feats.shape[0]
     if n < max(min_samples + 1, 3):
         raise ValueError(f"automatic eps needs more than min_samples={min_samples} images (and at least 3), "
                          f"got {n}: cluster more images or lower min samples")
     k = max(min_samples - 1, 1)
-    knn, graph = _jaccard_neighbours(unit, k=k, k1=min(k1, n - 1), k2=min(k2, n), cap=_GRAPH_CAP)
+    knn, graph = _jaccard_neighbours(feats, k=k, k1=min(k1, n - 1), k2=min(k2, n), cap=_GRAPH_CAP)
     kth = knn[:, k - 1]
     candidates = np.unique(np.quantile(kth[kth <= _GRAPH_CAP], _EPS_QUANTILES)) if (kth <= _GRAPH_CAP).any() else []
     # float32 values: the distances are float32, so a candidate compares alike everywhere
@@ -132,9 +144,9 @@ def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
                          f"{max(t[2] for t in tried)}): the features do not separate into groups of "
                          f"{min_samples}; lower min samples, or the batch's identity count")
     within = [t for t in usable if t[3] <= max_outlier_share]
-    if within:  # most clusters, then fewest outliers (the widest eps of a plateau)
-        eps, labels, clusters, share, largest = max(within, key=lambda t: (t[2], -t[3]))
-        reason = "most clusters within the outlier share"
+    if within:
+        eps, labels, clusters, share, largest = _fewest_outliers_near_most_clusters(within)
+        reason = "fewest outliers near the most clusters"
     else:  # no candidate reaches the share: the fewest outliers
         eps, labels, clusters, share, largest = min(usable, key=lambda t: (t[3], -t[2]))
         reason = "fewest outliers (share not reached)"
