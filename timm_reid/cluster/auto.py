@@ -111,16 +111,25 @@ def _fewest_outliers_near_most_clusters(tried):
     return min((t for t in tried if t[2] >= floor), key=lambda t: (t[3], -t[2], t[0]))
 
 
+RULES = ("fewest-outliers-near-most", "most-clusters")
+
+
 def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
-                max_outlier_share: float = MAX_OUTLIER_SHARE, min_clusters: int = 1):
+                max_outlier_share: float = MAX_OUTLIER_SHARE, min_clusters: int = 1,
+                rule: str = RULES[0]):
     """DBSCAN on the k-reciprocal Jaccard distance with eps found from the data (module docstring).
 
-    Returns ``(labels, EpsChoice)``; labels ``-1`` are outliers. Raises ``ValueError`` with the
+    ``rule``: how a candidate is chosen among those within the outlier share; the default (module
+    docstring) or ``"most-clusters"`` (the most clusters, then the fewest outliers: an earlier
+    candidate, kept for the record of the suite). Returns ``(labels, EpsChoice)``; labels ``-1``
+    are outliers. Raises ``ValueError`` with the
     cause and the fix when the data cannot be clustered (fewer than ``min_samples + 1`` images,
     or no eps giving ``min_clusters`` clusters).
     """
     check_positive_int(min_samples, "min_samples")
     check_positive_int(min_clusters, "min_clusters")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if not 0 <= max_outlier_share < 1:
         raise ValueError(f"max_outlier_share must lie in [0, 1), got {max_outlier_share}")
     feats = as_float_matrix(features, "features")
@@ -145,8 +154,12 @@ def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
                          f"{min_samples}; lower min samples, or the batch's identity count")
     within = [t for t in usable if t[3] <= max_outlier_share]
     if within:
-        eps, labels, clusters, share, largest = _fewest_outliers_near_most_clusters(within)
-        reason = "fewest outliers near the most clusters"
+        if rule == "most-clusters":
+            eps, labels, clusters, share, largest = max(within, key=lambda t: (t[2], -t[3]))
+            reason = "most clusters within the outlier share"
+        else:
+            eps, labels, clusters, share, largest = _fewest_outliers_near_most_clusters(within)
+            reason = "fewest outliers near the most clusters"
     else:  # no candidate reaches the share: the fewest outliers
         eps, labels, clusters, share, largest = min(usable, key=lambda t: (t[3], -t[2]))
         reason = "fewest outliers (share not reached)"
