@@ -166,23 +166,24 @@ def run_one(results, name, method, init, variant):
     data = ensure_data(results, name)
     out = run_dir(results, name, method, init, variant)
     argv = train_argv(results, name, method, init, out, variant)
-    resuming = os.path.isfile(os.path.join(out, "last.pth"))
-    command = ([sys.executable, "-m", "timm_reid.train", "--resume", out, "--threads", "1", "--no-progress",
-                "--no-plots"] if resuming else argv)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.time()
-    with open(os.path.join(results, "runs", f"{os.path.basename(out)}.log"), "a") as log:
-        proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        return {"config": name, "method": method, "init": init, "variant": variant, "status": "failed",
-                "returncode": proc.returncode,
-                "argv": _relative(argv), "seconds": round(time.time() - start, 1)}
-    with open(os.path.join(out, "final_metrics.json")) as f:
+    finished = os.path.join(out, "final_metrics.json")
+    if not os.path.isfile(finished):  # else: a run that ended after its row was lost; collect it
+        resuming = os.path.isfile(os.path.join(out, "last.pth"))
+        command = ([sys.executable, "-m", "timm_reid.train", "--resume", out, "--threads", "1", "--no-progress",
+                    "--no-plots"] if resuming else argv)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        start = time.time()
+        with open(os.path.join(results, "runs", f"{os.path.basename(out)}.log"), "a") as log:
+            proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            return {"config": name, "method": method, "init": init, "variant": variant, "status": "failed",
+                    "returncode": proc.returncode, "argv": _relative(argv), "seconds": round(time.time() - start, 1)}
+    with open(finished) as f:
         final = json.load(f)
     return {"config": name, "method": method, "init": init, "variant": variant, "status": "done",
             "argv": _relative(argv),
             "generator": CONFIGS[name], "truth": true_counts(data), "wall_time_s": final["wall_time_s"],
-            "initial": final["initial"]["test"], "final": final["final"]["test"], "rounds": rounds_of(out, method)}
+            "initial": final["initial"], "final": final["final"], "rounds": rounds_of(out, method)}
 
 
 def _relative(argv):

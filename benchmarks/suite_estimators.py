@@ -56,13 +56,33 @@ def nn_quantile_count(feats, q):
     return int(agglomerative(d, threshold=float(torch.quantile(nn.double(), q)) + 1e-12).max()) + 1
 
 
-def count_candidates(feats):
-    from timm_reid.cluster import estimate_num_clusters
+def gap_alone_count(feats):
+    """Rejected candidate: the largest merge-height gap alone (no test that it is a real gap)."""
+    from scipy.cluster.hierarchy import linkage
 
-    return {"largest merge-height gap (adopted)": lambda f: estimate_num_clusters(f, k1=K1_IICS,
-                                                                                   lambda_value=LAMBDA_IICS),
-            "nn-distance quantile 0.9": lambda f: nn_quantile_count(f, 0.9),
-            "nn-distance quantile 0.995": lambda f: nn_quantile_count(f, 0.995)}
+    from timm_reid.cluster import rerank
+    from timm_reid.cluster.agglomerative import condensed_upper_triangle
+    from timm_reid.cluster.auto import MAX_SIZE, MIN_SIZE, largest_gap_count
+
+    n = len(feats)
+    d = rerank(features=torch.as_tensor(feats), k1=min(K1_IICS, n - 1), k2=min(K2, n), lambda_value=LAMBDA_IICS)
+    d = torch.maximum(d, d.t())
+    d.fill_diagonal_(0.0)
+    heights = np.sort(linkage(condensed_upper_triangle(d), "average")[:, 2])
+    return largest_gap_count(heights, lo=int(np.ceil(n / MAX_SIZE)), hi=int(n // MIN_SIZE))[0]
+
+
+def count_candidates():
+    """name -> fn(features, stage) with stage "intra" (one camera) or "inter" (all cameras)."""
+    from timm_reid.cluster import estimate_num_clusters
+    from timm_reid.cluster.auto import INTER_QUANTILE, INTRA_QUANTILE
+
+    quantile = {"intra": INTRA_QUANTILE, "inter": INTER_QUANTILE}
+    return {"adopted: gap if separated, else nn quantile 0.9 intra / 0.995 inter":
+            lambda f, stage: estimate_num_clusters(f, quantile=quantile[stage], k1=K1_IICS, lambda_value=LAMBDA_IICS),
+            "largest merge-height gap alone": lambda f, stage: gap_alone_count(f),
+            "nn-distance quantile 0.9 (both stages)": lambda f, stage: nn_quantile_count(f, 0.9),
+            "nn-distance quantile 0.995 (both stages)": lambda f, stage: nn_quantile_count(f, 0.995)}
 
 
 def score(name, path):
@@ -76,10 +96,10 @@ def score(name, path):
                      "true": true_ids, "outlier_share": float((labels < 0).mean()), "largest": int(sizes.max()),
                      "ari": ari(pids, labels)})
     true_intra = sum(len(set(pids[camids == c])) for c in np.unique(camids))
-    for cand, fn in count_candidates(feats).items():
-        intra = sum(fn(feats[camids == c]) for c in np.unique(camids))
+    for cand, fn in count_candidates().items():
+        intra = sum(fn(feats[camids == c], "intra") for c in np.unique(camids))
         rows.append({"config": name, "kind": "iics counts", "candidate": cand, "intra_sum": intra,
-                     "intra_true": true_intra, "inter": fn(feats), "true": true_ids})
+                     "intra_true": true_intra, "inter": fn(feats, "inter"), "true": true_ids})
     return rows
 
 

@@ -84,12 +84,28 @@ def test_largest_gap_count_against_a_loop(heights, data):
     n = len(h) + 1
     lo = data.draw(st.integers(1, n))
     hi = data.draw(st.integers(lo, n))
-    got = largest_gap_count(h, lo=lo, hi=hi)
+    got, gap = largest_gap_count(h, lo=lo, hi=hi)
     assert lo <= got <= hi or lo == hi
     # reference: the count c whose cut (after n - c merges) sits in the widest gap
     padded = [0.0, *h, h[-1]]
     best = max(range(lo, hi + 1), key=lambda c: (padded[n - c + 1] - padded[n - c], -c)) if lo < hi else lo
     assert padded[n - got + 1] - padded[n - got] == pytest.approx(padded[n - best + 1] - padded[n - best])
+    assert gap == pytest.approx(padded[n - got + 1] - padded[n - got]) or lo == hi
+
+
+def test_without_a_gap_the_count_is_the_nearest_neighbour_quantile_cut():
+    # uniform noise: no gap; the count is average linkage cut at the quantile of the nearest-
+    # neighbour distances, computed here with scipy
+    x = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    d = np.clip(1 - u @ u.T, 0, None)
+    d = np.maximum(d, d.T)
+    np.fill_diagonal(d, 0)
+    z = linkage(d[np.triu_indices(80, 1)], "average")
+    nearest = np.sort(d + np.eye(80) * 9, 1)[:, 0]
+    for q in (0.5, 0.9):
+        want = len(set(fcluster(z, t=np.quantile(nearest, q), criterion="distance")))
+        assert estimate_num_clusters(x, quantile=q, rerank_distances=False) == want
 
 
 def test_count_agrees_with_scipy_cut_at_the_gap():

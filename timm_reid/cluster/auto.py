@@ -19,11 +19,14 @@ keeps the entries below the largest candidate as a sparse graph; each candidate 
 on it (the partition equals :func:`~timm_reid.cluster.dbscan_jaccard` at the chosen eps).
 
 **Cluster count** (:func:`estimate_num_clusters`): average linkage on the re-ranked cosine
-distance, cut at the largest gap between consecutive merge heights (the classic dendrogram
-cut), among the counts that leave clusters of 1.5 to 30 images on average. On separated
-clusters the largest gap lies between the last merge inside a cluster and the first across
-clusters; on random-init features there is no such gap yet (the count is then little better
-than the range allows), so the counts are re-estimated at every round.
+distance. When the merge heights show a real gap (the largest gap between consecutive heights is
+at least 0.1 of their range; searched among counts that leave 1.5 to 30 images per cluster) the
+cut falls in it: the last merge inside a cluster and the first across clusters. Without one (on
+random-init features the largest gap is under 0.05 of the range on every suite configuration,
+above 0.12 on planted clusters) the cut is at a quantile of the nearest-neighbour distances: 0.9
+per camera, 0.995 over all cameras, the quantiles whose counts came closest to the planted
+identity counts on the suite's initial features (benchmarks/results/suite/estimators.md). The
+counts are re-estimated at every round, as training separates the identities.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from .reranking import rerank, rerank_blocks
 
 # Defaults chosen on the suite (benchmarks/results/suite/README.md), never on a test split.
 MAX_OUTLIER_SHARE = 0.3
-MIN_SIZE, MAX_SIZE = 1.5, 30.0  # average images per cluster the count may imply
+MIN_SIZE, MAX_SIZE = 1.5, 30.0  # average images per cluster the gap count may imply
+SEPARATED = 0.1  # a gap of this share of the merge-height range: separated clusters
+INTRA_QUANTILE, INTER_QUANTILE = 0.9, 0.995  # nearest-neighbour quantiles without such a gap
 _EPS_QUANTILES = np.round(np.arange(0.02, 1.001, 0.02), 2)  # 1: every point a core point
 NEAR_MOST = 0.9
 _GRAPH_CAP = 0.999  # Jaccard distance 1: no shared neighbour, never a DBSCAN neighbour here
@@ -167,28 +172,32 @@ def dbscan_auto(features, *, min_samples: int = 4, k1: int = 30, k2: int = 6,
                              largest=largest, reason=reason)
 
 
-def largest_gap_count(heights: np.ndarray, *, lo: int, hi: int) -> int:
+def largest_gap_count(heights: np.ndarray, *, lo: int, hi: int) -> tuple[int, float]:
     """Cluster count at the largest gap between consecutive merge heights (ascending, n - 1 of
-    them), among the counts ``lo..hi``: cutting after merge ``i`` leaves ``n - 1 - i`` clusters."""
+    them), among the counts ``lo..hi``, and that gap: cutting after ``j`` merges leaves ``n - j``."""
     n = len(heights) + 1
     lo, hi = max(1, lo), min(n, hi)
     if n == 1 or lo >= hi:
-        return min(max(lo, 1), n)
+        return min(max(lo, 1), n), 0.0
     gaps = np.diff(np.concatenate([[0.0], heights, [heights[-1]]]))  # gaps[j]: before merge j
     # j merges applied -> n - j clusters; the gap before merge j separates counts n-j+1 / n-j
     js = np.arange(n - hi, n - lo + 1)
     best = js[np.argmax(gaps[js])]
-    return int(n - best)
+    return int(n - best), float(gaps[best])
 
 
-def estimate_num_clusters(features, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                          rerank_distances: bool = True, min_size: float = MIN_SIZE,
+def estimate_num_clusters(features, *, quantile: float = INTER_QUANTILE, k1: int = 20, k2: int = 6,
+                          lambda_value: float = 0.3, rerank_distances: bool = True, min_size: float = MIN_SIZE,
                           max_size: float = MAX_SIZE) -> int:
     """Cluster count of ``features`` (module docstring): average linkage on the (re-ranked) cosine
-    distance, cut at the largest gap between merge heights among the counts that give clusters
-    of ``min_size`` to ``max_size`` images on average. One image: 1 cluster."""
+    distance; cut at the largest gap between merge heights when it is a real gap (at least
+    ``SEPARATED`` x the range of the heights; searched among the counts that leave ``min_size`` to
+    ``max_size`` images per cluster on average), else at the ``quantile`` of the nearest-neighbour
+    distances. One image: 1 cluster."""
     from scipy.cluster.hierarchy import linkage
 
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must lie in (0, 1], got {quantile}")
     unit = _checked_unit_features(features)
     n = unit.shape[0]
     if n == 0:
@@ -202,14 +211,19 @@ def estimate_num_clusters(features, *, k1: int = 20, k2: int = 6, lambda_value: 
     dist = torch.maximum(dist, dist.t())  # re-ranking is not exactly symmetric
     dist.fill_diagonal_(0.0)
     heights = np.sort(linkage(condensed_upper_triangle(dist), "average")[:, 2])
-    return largest_gap_count(heights, lo=int(np.ceil(n / max_size)), hi=max(1, int(n // min_size)))
+    count, gap = largest_gap_count(heights, lo=int(np.ceil(n / max_size)), hi=max(1, int(n // min_size)))
+    if gap >= SEPARATED * (heights[-1] - heights[0]) and gap > 0:
+        return count
+    nearest = (dist + torch.eye(n, dtype=dist.dtype) * (float(dist.max()) + 1)).min(1).values
+    threshold = float(torch.quantile(nearest.double(), quantile))
+    return int(n - np.count_nonzero(heights <= threshold))
 
 
-def estimate_camera_cluster_counts(features, camids, **kw) -> dict[int, int]:
+def estimate_camera_cluster_counts(features, camids, *, quantile: float = INTRA_QUANTILE, **kw) -> dict[int, int]:
     """:func:`estimate_num_clusters` of each camera's images: ``{camera id: count}``."""
     unit = _checked_unit_features(features)
     camids = np.asarray(camids)
     if camids.shape != (unit.shape[0],):
         raise ValueError(f"camids must hold one camera id per image: {camids.shape} for {unit.shape[0]} images")
-    return {int(c): estimate_num_clusters(unit[torch.from_numpy(camids == c)], **kw)
+    return {int(c): estimate_num_clusters(unit[torch.from_numpy(camids == c)], quantile=quantile, **kw)
             for c in np.unique(camids)}
