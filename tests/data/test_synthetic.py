@@ -107,6 +107,8 @@ def test_refuses_to_overwrite(tiny_synthetic):
     (dict(image_size=(8, 8)), "image_size=(8, 8)"),
     (dict(style_strength=-1), "style_strength=-1"),
     (dict(occlusion_p=2), "occlusion_p=2"),
+    (dict(num_cameras=3, camera_weights=(1, 2)), "one finite weight > 0 per camera (3)"),
+    (dict(num_cameras=2, camera_weights=(1, 0)), "camera_weights=(1.0, 0.0)"),
     (dict(bogus=1), "unknown synthetic dataset option(s) ['bogus']"),
 ])
 def test_invalid_config(tmp_path, options, message):
@@ -186,3 +188,49 @@ def test_never_writes_among_other_files(tmp_path):
     (tmp_path / "empty").mkdir()  # an empty folder is fine
     assert generate_synthetic(tmp_path / "empty", **{**TINY_SYNTHETIC, "num_identities": 2,
                                                       "num_test_identities": 2})["counts"]
+
+
+def _tree_digest(root):
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in sorted(os.listdir(root)):
+        path = Path(root) / folder
+        for name in (sorted(os.listdir(path)) if path.is_dir() else [""]):
+            h.update(f"{folder}/{name}".encode())
+            h.update((path / name if name else path).read_bytes())
+    return h.hexdigest()
+
+
+def test_default_options_write_the_files_of_format_version_1(tmp_path):
+    # Digest of every file (meta.json included) written by the generator before the later
+    # options (camera_weights) existed: defaults must change no draw and no meta entry.
+    generate_synthetic(tmp_path / "d", seed=3, num_cameras=3, num_identities=6, num_test_identities=4,
+                       num_distractors=2, image_size=(32, 16))
+    assert _tree_digest(tmp_path / "d") == "99c37d34ce44a8be77e3dc7e2aac9937742cf8a502aa9637127e22f9b06366d0"
+
+
+def test_camera_weights_make_camera_sizes_uneven(tmp_path):
+    options = dict(seed=1, num_cameras=4, num_identities=120, num_test_identities=2,
+                   cameras_per_identity=(1, 2), images_per_camera=(1, 1), image_size=(16, 8),
+                   num_distractors=0)
+    counts = {}
+    for name, weights in (("even", ()), ("uneven", (8, 4, 2, 1))):
+        meta = generate_synthetic(tmp_path / name, camera_weights=weights, **options)
+        assert ("camera_weights" in meta["config"]) == bool(weights)
+        cams = [int(n.split("_c")[1][0]) - 1 for n in os.listdir(tmp_path / name / "bounding_box_train")]
+        counts[name] = np.bincount(cams, minlength=4)
+    assert counts["uneven"][0] > 2 * counts["uneven"][3]  # expected ratio ~3 (without replacement)
+    assert counts["even"].max() < 2 * counts["even"].min()  # 43-55 per camera for seed 1
+    # the stored weights are part of the config a reuse is checked against, both ways
+    with pytest.raises(ValueError, match="camera_weights: stored"):
+        load_synthetic(tmp_path / "uneven", **options)
+    with pytest.raises(ValueError, match="camera_weights: stored None"):
+        load_synthetic(tmp_path / "even", camera_weights=(8, 4, 2, 1), **options)
+
+
+def test_cli_camera_weights(tmp_path):
+    assert main(["--out", os.fspath(tmp_path / "c"), "--num-cameras", "2", "--num-identities", "3",
+                 "--num-test-identities", "2", "--image-size", "16", "8", "--camera-weights", "3", "1"]) == 0
+    with open(tmp_path / "c" / "meta.json") as f:
+        assert json.load(f)["config"]["camera_weights"] == [3.0, 1.0]

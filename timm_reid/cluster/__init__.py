@@ -6,6 +6,7 @@ Everything accepts torch tensors or NumPy arrays and keeps memory to the output 
 (see each module's docstring for the exact accounting).
 """
 
+from .auto import EpsChoice, dbscan_auto, estimate_camera_cluster_counts, estimate_num_clusters
 from .agglomerative import agglomerative, drop_singleton_clusters, quantile_threshold
 from .association import association_embedding, unify_labels
 from .camera import IntraCameraClusters, cluster_inter_camera, cluster_intra_camera
@@ -14,14 +15,18 @@ from .cross_camera import cross_camera_distance, weighted_jaccard
 from .reranking import rerank, rerank_blocks
 
 __all__ = [
+    "EpsChoice",
     "IntraCameraClusters",
     "agglomerative",
     "association_embedding",
     "cluster_inter_camera",
     "cluster_intra_camera",
     "cross_camera_distance",
+    "dbscan_auto",
     "dbscan_jaccard",
     "drop_singleton_clusters",
+    "estimate_camera_cluster_counts",
+    "estimate_num_clusters",
     "jaccard_graph",
     "quantile_threshold",
     "rerank",

@@ -35,7 +35,10 @@ comes from the query's own camera for 91 % of queries with an untrained convnext
 
 Everything is deterministic by ``seed``: each identity, camera and image draws from its own
 ``numpy`` generator seeded with ``(seed, stream, ...)``, so the same seed writes bitwise
-equal files. Command line::
+equal files. ``camera_weights`` makes camera sizes uneven (an identity's cameras are drawn
+with these relative weights); ``cameras_per_identity`` with a low bound below the camera count
+gives identities that only some cameras see, and ``images_per_camera`` sets the images of an
+identity in each of its cameras. Command line::
 
     python -m timm_reid.data.synthetic --out DIR --seed 0 --num-cameras 5 --num-identities 150
 """
@@ -92,11 +95,16 @@ class SyntheticConfig:
     image_size: tuple[int, int] = (64, 32)
     style_strength: float = 1.0
     occlusion_p: float = 0.25
+    # Fields below were added after format version 1; at their defaults they are left out of
+    # ``to_json`` (so of meta.json and the cache key) and change no random draw, so a seed
+    # still writes the files it wrote before they existed.
+    camera_weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         # JSON and argparse hand over lists; store tuples so configs compare equal.
         for name in ("cameras_per_identity", "images_per_camera", "image_size"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "camera_weights", tuple(float(v) for v in self.camera_weights))
         problems = self._problems()
         if problems:
             raise ValueError("invalid synthetic dataset config: " + "; ".join(problems))
@@ -126,11 +134,21 @@ class SyntheticConfig:
             problems.append(f"style_strength={self.style_strength} must be >= 0")
         if not 0 <= self.occlusion_p <= 1:
             problems.append(f"occlusion_p={self.occlusion_p} must be in [0, 1]")
+        weights = self.camera_weights
+        if weights and (len(weights) != self.num_cameras
+                        or not all(math.isfinite(w) and w > 0 for w in weights)):
+            problems.append(f"camera_weights={weights} must hold one finite weight > 0 per camera "
+                            f"({self.num_cameras}), or be empty (all cameras equally likely)")
         return problems
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+                for k, v in dataclasses.asdict(self).items()
+                if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+
+
+# Fields added after format version 1 and their defaults (see SyntheticConfig).
+_LATER_FIELDS = {"camera_weights": ()}
 
 
 # ---------------------------------------------------------------- random attributes
@@ -520,7 +538,10 @@ def _plan_identity(config: SyntheticConfig, pid: int) -> list[tuple[int, int]]:
     rng = _rng(config.seed, 5, pid)
     lo, hi = config.cameras_per_identity
     n_cams = int(rng.integers(lo, min(hi, config.num_cameras) + 1))
-    cams = sorted(int(c) for c in rng.choice(config.num_cameras, size=n_cams, replace=False))
+    # Uneven camera sizes: busy cameras are drawn more often (weights given: another sampler,
+    # so the default keeps its draws).
+    p = np.asarray(config.camera_weights) / sum(config.camera_weights) if config.camera_weights else None
+    cams = sorted(int(c) for c in rng.choice(config.num_cameras, size=n_cams, replace=False, p=p))
     return [(cam, k) for cam in cams
             for k in range(int(rng.integers(config.images_per_camera[0],
                                             config.images_per_camera[1] + 1)))]
@@ -883,7 +904,9 @@ def _check_meta(meta_path: str, config: SyntheticConfig) -> None:
     with open(meta_path, encoding="utf-8") as f:
         stored = json.load(f).get("config", {})
     wanted = config.to_json()
-    diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+    # Both ways: a later field is absent at its default, in the stored config or the wanted one.
+    diff = {k: (stored.get(k), wanted.get(k)) for k in sorted(set(stored) | set(wanted))
+            if stored.get(k) != wanted.get(k)}
     if diff:
         shown = ", ".join(f"{k}: stored {a!r} != requested {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{meta_path} was generated with a different config ({shown}); pass "
@@ -953,6 +976,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="camera style gap: 0 none, 1 weak (learnable), ~4 strong")
     p.add_argument("--occlusion-p", type=float, default=d.occlusion_p,
                    help="probability of an occluder per image")
+    p.add_argument("--camera-weights", type=float, nargs="+", default=list(d.camera_weights),
+                   metavar="W", help="uneven camera sizes: one relative weight per camera for "
+                   "drawing an identity's cameras (default: all equal)")
     p.add_argument("--contact-sheet", metavar="PNG",
                    help="also save a preview grid (training identities x cameras)")
     return p

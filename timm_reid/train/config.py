@@ -222,6 +222,11 @@ def _checked_scalar(action, value, where, flag):
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str)}.get(kind, True)
+    if kind not in (int, float, str) and isinstance(value, str):  # e.g. a number-or-"auto" option
+        try:
+            value = kind(value)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e} (as {flag})") from None
     if not ok:
         raise ConfigError(f"{where} is not {'an' if kind is int else 'a'} {kind.__name__} (as {flag})"
                           + _yaml_text_note(value, kind))

@@ -9,6 +9,7 @@ IIDS options: two augmented views, the second forwarded with TNorm style convers
 probability ``convert_prob``, distilled from the first (soft cross-entropy, soft triplet).
 """
 
+import logging
 import time
 
 import numpy as np
@@ -17,14 +18,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from timm_reid.cluster import cluster_inter_camera, cluster_intra_camera
+from timm_reid.cluster import (IntraCameraClusters, cluster_inter_camera, cluster_intra_camera,
+                               estimate_camera_cluster_counts, estimate_num_clusters)
 from timm_reid.data import CameraBatchSampler, ImageDataset, RandomIdentitySampler
 from timm_reid.distributed import LOCAL
+from timm_reid.train.auto_options import is_auto
 from timm_reid.train.diagnostics import cluster_quality, label_stats
 from timm_reid.train.features import center_per_camera, extract, l2_normalize  # noqa: F401 (re-exported)
 from timm_reid.train.losses import soft_cross_entropy, soft_triplet_loss, triplet_loss
 from timm_reid.train.model import build_optimizer
 
+log = logging.getLogger("timm_reid.train")
 
 class TwoViews:
     """Apply a random transform twice: the two augmented views of IIDS self-distillation."""
@@ -53,6 +57,40 @@ def _clustering_target(n_clusters, threshold_quantile):
     return {"n_clusters": n_clusters, "threshold_quantile": None}
 
 
+def _cluster_intra(feats, camids, *, opts, ctx):
+    """Per-camera clustering; ``--intra-clusters auto``: each camera with its own estimated count
+    (the threshold mode, when given, wins as it does over a fixed count)."""
+    kw = dict(k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value, rerank=opts.rerank,
+              drop_singletons=opts.drop_singletons)
+    if not is_auto(opts.intra_clusters) or opts.intra_threshold_quantile is not None:
+        return cluster_intra_camera(feats, camids, **kw,
+                                    **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
+    counts = estimate_camera_cluster_counts(feats, camids, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
+                                            rerank_distances=opts.rerank)
+    log.info(f"intra clustering: auto counts per camera {list(counts.values())}")
+    labels, found, offset = np.full(len(feats), -1, dtype=np.int64), {}, 0
+    for cam, count in counts.items():
+        m = camids == cam
+        part = cluster_intra_camera(feats[m], camids[m], n_clusters=count, **kw)
+        local = part.labels.numpy()
+        labels[m] = np.where(local >= 0, local + offset, -1)
+        found[cam] = part.counts[cam]
+        offset += found[cam]
+    return IntraCameraClusters(torch.from_numpy(labels), found)
+
+
+def inter_cluster_count(feats, *, opts, ctx, n_clusters):
+    """``n_clusters``, or with ``--inter-clusters auto`` the estimated count (at least enough
+    clusters to fill a P x K batch)."""
+    if not is_auto(n_clusters) or opts.inter_threshold_quantile is not None:
+        return n_clusters
+    count = estimate_num_clusters(feats, k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value,
+                                  rerank_distances=opts.rerank)
+    count = min(max(count, ctx.batch_size // ctx.num_instances), len(feats))
+    log.info(f"inter clustering: auto count {count}")
+    return count
+
+
 # ------------------------------------------------------------------------------------------------ intra
 
 def _optimizer(net, optim, lr):
@@ -67,10 +105,7 @@ def run_intra_stage(net, train, *, ctx, opts, seed, desc="intra"):
     t0 = time.time()
     raw, feats, pids, camids = ctx.clustering_features(net, train)
     t1 = time.time()
-    result = ctx.dist.on_main(cluster_intra_camera, feats, camids, k1=ctx.k1, k2=ctx.k2,
-                              lambda_value=ctx.lambda_value, rerank=opts.rerank,
-                              drop_singletons=opts.drop_singletons,
-                              **_clustering_target(opts.intra_clusters, opts.intra_threshold_quantile))
+    result = ctx.dist.on_main(_cluster_intra, feats, camids, opts=opts, ctx=ctx)
     labels = result.labels.numpy()
     sizes = [result.counts.get(c, 0) for c in range(ctx.num_cameras)]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -181,11 +216,12 @@ def run_inter_stage(net, train, *, ctx, opts, mu, n_clusters, seed, desc="inter"
     t1 = time.time()
     use_jaccard = mu > 0 and len(net.heads) == ctx.num_cameras and ctx.num_cameras > 1
     scores = head_scores(net, raw) if use_jaccard else np.zeros((len(raw), 1), np.float32)
+    n_clusters = ctx.dist.on_main(inter_cluster_count, feats, opts=opts, ctx=ctx, n_clusters=n_clusters)
     labels = ctx.dist.on_main(cluster_inter_camera, feats, scores, camids, mu=mu if use_jaccard else 0.0,
                               k1=ctx.k1, k2=ctx.k2, lambda_value=ctx.lambda_value, rerank=opts.rerank,
                               drop_singletons=opts.drop_singletons,
                               **_clustering_target(n_clusters, opts.inter_threshold_quantile)).numpy()
-    record = {"inter_mu": mu if use_jaccard else 0.0,
+    record = {"inter_mu": mu if use_jaccard else 0.0, "inter_target_clusters": n_clusters,
               **{f"inter_{k}": v for k, v in label_stats(labels, camids).items()},
               **{f"inter_{k}": v for k, v in cluster_quality(pids, labels).items()}}
     num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0

@@ -25,6 +25,7 @@ Choices where the paper is silent (following chenhao2345/ICE unless said):
   the learning rate warms up linearly from 0.1 x over ``--warmup-epochs`` epochs.
 """
 
+import logging
 import math
 import time
 from dataclasses import dataclass, fields
@@ -34,8 +35,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from timm_reid.cluster import dbscan_jaccard
+from timm_reid.cluster import dbscan_auto, dbscan_jaccard
 from timm_reid.data import ImageDataset, RandomIdentitySampler
+from timm_reid.train.auto_options import is_auto, number_or_auto
 from timm_reid.train.diagnostics import cluster_quality, label_stats
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.features import l2_normalize
@@ -44,6 +46,7 @@ from timm_reid.train.losses import (hard_instance_loss, proxy_agnostic_loss, pro
 from timm_reid.train.model import build_optimizer
 
 NAME = "ice"
+log = logging.getLogger("timm_reid.train")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Options:
     iters: int
     warmup_epochs: int
     ema: float
-    eps: float
+    eps: object  # float, or "auto"
     min_samples: int
     memory: str
     tau_agnostic: float
@@ -77,7 +80,10 @@ def add_arguments(parser):
     g.add_argument("--iters", default=400, type=int, help="iterations per epoch (between two clusterings)")
     g.add_argument("--warmup-epochs", default=10, type=int, help="linear lr warm-up from 0.1 x lr over these epochs")
     g.add_argument("--ema", default=0.999, type=float, help="momentum encoder: m = ema * m + (1 - ema) * online")
-    g.add_argument("--eps", default=0.55, type=float, help="DBSCAN eps on the Jaccard distance")
+    g.add_argument("--eps", default=0.55, type=number_or_auto(float),
+                   help="DBSCAN eps on the Jaccard distance, or auto: found at every clustering from the distances "
+                        "(the eps with the most clusters among those leaving at most 30 %% outliers; "
+                        "timm_reid.cluster.dbscan_auto)")
     g.add_argument("--min-samples", default=4, type=int, help="DBSCAN min samples")
     g.add_argument("--memory", default="aware", choices=("aware", "agnostic"),
                    help="proxy memory: cluster proxies + camera proxies (aware) or cluster proxies only")
@@ -102,7 +108,9 @@ def check(args):
         raise ConfigError(f"--ema must lie in [0, 1), got {args.ema}")
     if not 0 <= args.label_smoothing < 1:
         raise ConfigError(f"--label-smoothing must lie in [0, 1), got {args.label_smoothing}")
-    for name in ("eps", "tau_agnostic", "tau_cross", "tau_hard", "tau_soft"):
+    if not is_auto(args.eps) and not (isinstance(args.eps, (int, float)) and math.isfinite(args.eps) and args.eps > 0):
+        raise ConfigError(f"--eps must be auto or a finite number > 0, got {args.eps}")
+    for name in ("tau_agnostic", "tau_cross", "tau_hard", "tau_soft"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
     for name in ("cross_weight", "hard_weight", "soft_weight"):
@@ -211,13 +219,26 @@ class Trainer:
         """Pseudo labels of the train split from the momentum encoder, and their statistics."""
         ctx, opts = self.ctx, self.opts
         raw, feats, pids, camids = ctx.clustering_features(self.net)
-        labels = ctx.dist.on_main(dbscan_jaccard, feats, eps=opts.eps, min_samples=opts.min_samples,
-                                  k1=ctx.k1, k2=ctx.k2)
+        labels, chosen = ctx.dist.on_main(self._dbscan, feats)
         self._features, self._camids = l2_normalize(raw), camids
-        record = {**{f"ice_{k}": v for k, v in label_stats(labels, camids).items()},
+        record = {**chosen, **{f"ice_{k}": v for k, v in label_stats(labels, camids).items()},
                   "ice_outliers": int((labels < 0).sum()),
                   **{f"ice_{k}": v for k, v in cluster_quality(pids, labels).items()}}
         return labels, record
+
+    def _dbscan(self, feats):
+        """Labels and the settings used (recorded): ``--eps auto`` finds eps from the distances."""
+        opts, ctx = self.opts, self.ctx
+        if not is_auto(opts.eps):
+            labels = dbscan_jaccard(feats, eps=opts.eps, min_samples=opts.min_samples, k1=ctx.k1, k2=ctx.k2)
+            return labels, {"ice_eps": opts.eps}
+        try:
+            labels, choice = dbscan_auto(feats, min_samples=opts.min_samples, k1=ctx.k1, k2=ctx.k2,
+                                         min_clusters=ctx.batch_size // ctx.num_instances)
+        except ValueError as e:
+            raise RuntimeError(f"--eps auto: {e}") from None
+        log.info(f"clustering: {choice.describe()}")
+        return labels, {"ice_eps": choice.eps, "ice_eps_reason": choice.reason}
 
     def train_epoch(self, epoch, labels):
         ctx, opts = self.ctx, self.opts

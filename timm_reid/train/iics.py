@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import List, Optional
 
 from timm_reid.train import engine
+from timm_reid.train.auto_options import is_auto, number_or_auto
 from timm_reid.train.checkpoint import stage_seed
 from timm_reid.train.errors import ConfigError
 
@@ -25,9 +26,9 @@ class Options:
     inter_epochs: int
     intra_batch_size: int
     intra_joint_forward: bool
-    intra_clusters: int
+    intra_clusters: object  # int, or "auto"
     intra_threshold_quantile: Optional[float]
-    inter_clusters: int
+    inter_clusters: object  # int, or "auto"
     inter_threshold_quantile: Optional[float]
     oracle_clusters: bool
     drop_singletons: bool
@@ -59,11 +60,15 @@ def add_arguments(parser):
     g.add_argument("--intra-joint-forward", default=False, action=argparse.BooleanOptionalAction,
                    help="intra stage: one forward over the multi-camera batch instead of one per camera "
                         "(identical results unless the backbone has AIBN, whose batch statistics then mix cameras)")
-    g.add_argument("--intra-clusters", default=600, type=int, help="clusters per camera (intra stage)")
+    g.add_argument("--intra-clusters", default=600, type=number_or_auto(int),
+                   help="clusters per camera (intra stage), or auto: estimated for each camera at every round "
+                        "(timm_reid.cluster.estimate_camera_cluster_counts)")
     g.add_argument("--intra-threshold-quantile", default=None, type=float,
                    help="IIDS rule instead of a count: cut each camera's clustering at this quantile of its "
                         "pairwise distances (IIDS: 0.0025)")
-    g.add_argument("--inter-clusters", default=800, type=int, help="clusters over all cameras (inter stage)")
+    g.add_argument("--inter-clusters", default=800, type=number_or_auto(int),
+                   help="clusters over all cameras (inter stage), or auto: estimated at every round "
+                        "(timm_reid.cluster.estimate_num_clusters)")
     g.add_argument("--inter-threshold-quantile", default=None, type=float,
                    help="IIDS rule instead of a count: cut at this quantile of the pairwise distances (IIDS: 0.0017)")
     g.add_argument("--oracle-clusters", default=False, action=argparse.BooleanOptionalAction,
@@ -93,7 +98,11 @@ def add_arguments(parser):
 
 def check(args):
     """Reject inconsistent IICS options before any work starts."""
-    for name in ("rounds", "intra_batch_size", "intra_clusters", "inter_clusters"):
+    for name in ("intra_clusters", "inter_clusters"):
+        value = getattr(args, name)
+        if not is_auto(value) and not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be auto or an integer >= 1, got {value}")
+    for name in ("rounds", "intra_batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("intra_epochs", "inter_epochs"):
@@ -122,7 +131,8 @@ def check(args):
 def check_data(args, dataset):
     """Cluster counts the training split cannot hold, found before any training."""
     n = len(dataset.train)
-    if "inter" in args.stages and args.inter_threshold_quantile is None and not args.oracle_clusters:
+    if ("inter" in args.stages and args.inter_threshold_quantile is None and not args.oracle_clusters
+            and not is_auto(args.inter_clusters)):
         if args.inter_clusters > n:
             raise ConfigError(f"--inter-clusters {args.inter_clusters} exceeds the {n} training images of "
                               f"{dataset.name}; choose at most {n}")
@@ -130,7 +140,7 @@ def check_data(args, dataset):
             raise ConfigError(f"--inter-clusters {args.inter_clusters} cannot fill batches of "
                               f"{args.batch_size // args.num_instances} identities (--batch-size {args.batch_size}, "
                               f"--num-instances {args.num_instances}); raise it or lower --batch-size")
-    if "intra" in args.stages and args.intra_threshold_quantile is None:
+    if "intra" in args.stages and args.intra_threshold_quantile is None and not is_auto(args.intra_clusters):
         largest = max(sum(r.camid == c for r in dataset.train) for c in {r.camid for r in dataset.train})
         if args.intra_clusters > largest:
             raise ConfigError(f"--intra-clusters {args.intra_clusters} exceeds the images of every camera "
