@@ -26,6 +26,16 @@ scene, scale,         drawn per camera with weight ``a`` and per image with ``1 
 position, viewpoint   ``s = 0`` gives no camera style at all, ``s >= 1`` fully per camera
 ====================  ================================================================
 
+Each camera-gap factor can be set on its own (``cast_strength``: gain, bias, mixing;
+``illumination_strength``: contrast, brightness; ``blur_strength``: blur, noise;
+``scene_strength``: scene, scale, position; ``viewpoint_strength``: preferred viewpoint); a factor
+left at None follows ``style_strength``, and 0 switches it off. ``resolution_strength`` (default
+0, off) makes each camera up to ``1 + 0.5 r`` times coarser (down- and up-sampled). The draws are
+the same whatever the strengths, so switching one factor changes nothing else.
+``identity_cues`` (``colour``, ``pattern``, ``shape``) says which attributes tell identities
+apart: the attributes of a cue left out are those of one reference person for everybody (colour:
+every colour; pattern: top pattern, sleeves; shape: width, height, bottom type, hair style, bag).
+
 ``s = 1`` is the "weak" style of the feasibility probe (gains 1 +- 0.08, bias +- 8), which a
 small ConvNeXt learned from random init; ``s = 4`` is about its "strong" style (gains
 1 +- 0.32, bias +- 32, mixing +- 0.15), which it hardly learned. Even at ``s = 1`` naive
@@ -70,6 +80,14 @@ __all__ = ["SyntheticConfig", "VisibleInfraredConfig", "generate_synthetic", "ge
            "load_synthetic", "save_contact_sheet", "default_cache_dir", "main"]
 
 _SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
+CAMERA_FACTORS = ("cast", "illumination", "blur", "scene", "viewpoint")
+IDENTITY_CUES = ("colour", "pattern", "shape")
+# The identity attributes behind each cue (see _Identity).
+_CUE_FIELDS = {
+    "colour": ("top", "top_second", "bottom", "skin", "hair", "cap", "shoes", "bag_colour"),
+    "pattern": ("top_pattern", "long_sleeves"),
+    "shape": ("width", "height", "bottom_type", "hair_style", "bag"),
+}
 _FORMAT_VERSION = 1
 _JPEG_QUALITY = 92
 
@@ -99,12 +117,28 @@ class SyntheticConfig:
     # ``to_json`` (so of meta.json and the cache key) and change no random draw, so a seed
     # still writes the files it wrote before they existed.
     camera_weights: tuple[float, ...] = ()
+    # The camera gap factor by factor (strengths like style_strength; None follows it):
+    cast_strength: float | None = None          # colour gain, bias and channel mixing
+    illumination_strength: float | None = None  # contrast and brightness
+    blur_strength: float | None = None          # blur and camera noise
+    scene_strength: float | None = None         # scene, person scale and position
+    viewpoint_strength: float | None = None     # preferred viewpoint
+    resolution_strength: float = 0.0            # low resolution per camera (off by default)
+    # Which attributes tell identities apart; the others are shared by every identity.
+    identity_cues: tuple[str, ...] = IDENTITY_CUES
+
+    def factor(self, name: str) -> float:
+        """Strength of camera-gap factor ``name`` (``cast``, ``illumination``, ``blur``,
+        ``scene``, ``viewpoint``): its own field, else ``style_strength``."""
+        value = getattr(self, f"{name}_strength")
+        return self.style_strength if value is None else value
 
     def __post_init__(self):
         # JSON and argparse hand over lists; store tuples so configs compare equal.
         for name in ("cameras_per_identity", "images_per_camera", "image_size"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         object.__setattr__(self, "camera_weights", tuple(float(v) for v in self.camera_weights))
+        object.__setattr__(self, "identity_cues", tuple(str(v) for v in self.identity_cues))
         problems = self._problems()
         if problems:
             raise ValueError("invalid synthetic dataset config: " + "; ".join(problems))
@@ -139,6 +173,15 @@ class SyntheticConfig:
                         or not all(math.isfinite(w) and w > 0 for w in weights)):
             problems.append(f"camera_weights={weights} must hold one finite weight > 0 per camera "
                             f"({self.num_cameras}), or be empty (all cameras equally likely)")
+        for name in CAMERA_FACTORS + ("resolution",):
+            value = getattr(self, f"{name}_strength")
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+                problems.append(f"{name}_strength={value!r} must be >= 0 (or None: style_strength)")
+        cues = self.identity_cues
+        if not cues or len(set(cues)) != len(cues) or not set(cues) <= set(IDENTITY_CUES):
+            problems.append(f"identity_cues={cues} must be a non-empty subset of {IDENTITY_CUES}")
+        else:  # one spelling per set, so configs (and cache keys) that mean the same compare equal
+            object.__setattr__(self, "identity_cues", tuple(c for c in IDENTITY_CUES if c in cues))
         return problems
 
     def to_json(self) -> dict:
@@ -148,7 +191,9 @@ class SyntheticConfig:
 
 
 # Fields added after format version 1 and their defaults (see SyntheticConfig).
-_LATER_FIELDS = {"camera_weights": ()}
+_LATER_FIELDS = {"camera_weights": (), "cast_strength": None, "illumination_strength": None,
+                 "blur_strength": None, "scene_strength": None, "viewpoint_strength": None,
+                 "resolution_strength": 0.0, "identity_cues": IDENTITY_CUES}
 
 
 # ---------------------------------------------------------------- random attributes
@@ -251,8 +296,11 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
 _NEUTRAL_SCENE_SCALE, _NEUTRAL_Y_OFFSET, _NEUTRAL_VIEW_P = 0.875, -0.01, (0.4, 0.4, 0.2)
 
 
-def _blend_scene(camera: _Scene, own: _Scene, a: float, rng: np.random.Generator) -> _Scene:
-    """Weight ``a`` on the camera's scene, ``1 - a`` on an image-specific one."""
+def _blend_scene(camera: _Scene, own: _Scene, a: float, rng: np.random.Generator,
+                 view_a: float | None = None) -> _Scene:
+    """Weight ``a`` on the camera's scene, ``1 - a`` on an image-specific one; the viewpoint
+    preference with ``view_a`` (default ``a``)."""
+    view_a = a if view_a is None else view_a
     return _Scene(
         wall=_lerp(own.wall, camera.wall, a), floor=_lerp(own.floor, camera.floor, a),
         texture=camera.texture if rng.random() < a else own.texture,
@@ -260,7 +308,7 @@ def _blend_scene(camera: _Scene, own: _Scene, a: float, rng: np.random.Generator
         horizon=(1 - a) * own.horizon + a * camera.horizon,
         scale=(1 - a) * _NEUTRAL_SCENE_SCALE + a * camera.scale,
         y_offset=(1 - a) * _NEUTRAL_Y_OFFSET + a * camera.y_offset,
-        view_p=tuple((1 - a) * n + a * c for n, c in zip(_NEUTRAL_VIEW_P, camera.view_p)))
+        view_p=tuple((1 - view_a) * n + view_a * c for n, c in zip(_NEUTRAL_VIEW_P, camera.view_p)))
 
 
 @dataclass(frozen=True)
@@ -273,25 +321,37 @@ class _Photometric:
     noise: float
 
 
-def _sample_photometric(rng: np.random.Generator, s: float) -> _Photometric:
-    mix = np.eye(3) + 0.0375 * s * rng.uniform(-1, 1, size=(3, 3)) * (1 - np.eye(3))
-    gain = 1 + 0.08 * s * rng.uniform(-1, 1, size=3)
-    bias = 8 * s * rng.uniform(-1, 1, size=3)
-    contrast, brightness = 1 + 0.06 * s * rng.uniform(-1, 1, size=2)
+def _sample_photometric(rng: np.random.Generator, s: float,
+                        factors: dict[str, float] | None = None) -> _Photometric:
+    """A camera's style; ``factors`` overrides ``s`` for ``cast``, ``illumination`` and
+    ``blur`` (the draws are the same whatever the strengths, so one factor can be switched off
+    without changing the others)."""
+    cast, light, blur = ((factors or {}).get(name, s) for name in ("cast", "illumination", "blur"))
+    mix = np.eye(3) + 0.0375 * cast * rng.uniform(-1, 1, size=(3, 3)) * (1 - np.eye(3))
+    gain = 1 + 0.08 * cast * rng.uniform(-1, 1, size=3)
+    bias = 8 * cast * rng.uniform(-1, 1, size=3)
+    contrast, brightness = 1 + 0.06 * light * rng.uniform(-1, 1, size=2)
     return _Photometric(matrix=gain[:, None] * mix, bias=bias, contrast=float(contrast),
-                        brightness=float(brightness), blur=float(0.25 * s * rng.random()),
-                        noise=float(2 + 1.5 * s * rng.random()))
+                        brightness=float(brightness), blur=float(0.25 * blur * rng.random()),
+                        noise=float(2 + 1.5 * blur * rng.random()))
 
 
 @dataclass(frozen=True)
 class _Camera:
     scene: _Scene
     photometric: _Photometric
+    resolution: float = 1.0   # the camera's images are this many times coarser (1: full)
 
 
-def _sample_camera(seed: int, cam: int, s: float) -> _Camera:
+def _sample_camera(seed: int, cam: int, s: float, config: SyntheticConfig | None = None) -> _Camera:
+    """Camera ``cam``'s scene and style at strength ``s``; ``config`` gives per-factor strengths."""
     rng = _rng(seed, 1, cam)
-    return _Camera(scene=_sample_scene(rng), photometric=_sample_photometric(rng, s))
+    factors = {name: config.factor(name) for name in ("cast", "illumination", "blur")} if config else None
+    camera = _Camera(scene=_sample_scene(rng), photometric=_sample_photometric(rng, s, factors))
+    if config is not None and config.resolution_strength > 0:  # its own stream: no other draw moves
+        coarser = 1 + 0.5 * config.resolution_strength * _rng(seed, 7, cam).random()
+        camera = dataclasses.replace(camera, resolution=float(coarser))
+    return camera
 
 
 # ---------------------------------------------------------------- drawing
@@ -499,8 +559,8 @@ class _Painter:
 def _render(ident: _Identity, camera: _Camera, config: SyntheticConfig,
             rng: np.random.Generator) -> Image.Image:
     """One image of ``ident`` seen by ``camera``, at the output size."""
-    a = min(config.style_strength, 1.0)
-    scene = _blend_scene(camera.scene, _sample_scene(rng), a, rng)
+    a, view_a = (min(config.factor(name), 1.0) for name in ("scene", "viewpoint"))
+    scene = _blend_scene(camera.scene, _sample_scene(rng), a, rng, view_a)
     painter = _Painter(config.image_size, rng)
     painter.background(scene)
     painter.person(ident, scene, _VIEWS[rng.choice(3, p=np.asarray(scene.view_p) /
@@ -512,6 +572,9 @@ def _render(ident: _Identity, camera: _Camera, config: SyntheticConfig,
     x0, y0 = rng.uniform(0, 2 * zx) * painter.w, rng.uniform(0, 2 * zy) * painter.h
     box = (x0, y0, x0 + (1 - 2 * zx) * painter.w, y0 + (1 - 2 * zy) * painter.h)
     image = painter.image.resize((w, h), Image.Resampling.BOX, box=box)
+    if camera.resolution > 1:  # a coarser sensor, seen at the common output size
+        coarse = (max(1, round(w / camera.resolution)), max(1, round(h / camera.resolution)))
+        image = image.resize(coarse, Image.Resampling.BOX).resize((w, h), Image.Resampling.BILINEAR)
     return _apply_photometric(image, camera.photometric, rng)
 
 
@@ -581,6 +644,16 @@ def _identity_of(seed: int, pid: int) -> _Identity:
     return _sample_identity(_rng(seed, 0, pid))
 
 
+def _with_cues(ident: _Identity, seed: int, cues: Sequence[str]) -> _Identity:
+    """``ident`` with the attributes of every cue not in ``cues`` taken from one reference
+    person shared by all identities of the dataset (so those attributes tell nobody apart)."""
+    shared = [field for cue, fields in _CUE_FIELDS.items() if cue not in cues for field in fields]
+    if not shared:
+        return ident
+    reference = _sample_identity(_rng(seed, 8))
+    return dataclasses.replace(ident, **{field: getattr(reference, field) for field in shared})
+
+
 def generate_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None,
                        **options) -> dict:
     """Write a synthetic dataset in the Market-1501 layout to ``out``; return its meta.
@@ -637,12 +710,12 @@ def _check_output_folder(out: str) -> None:
 def _write_images(folder: str, config: SyntheticConfig) -> dict:
     for name in _SPLIT_FOLDERS:
         os.makedirs(os.path.join(folder, name))
-    cameras = [_sample_camera(config.seed, c, config.style_strength)
+    cameras = [_sample_camera(config.seed, c, config.style_strength, config)
                for c in range(config.num_cameras)]
     counts = dict.fromkeys(_SPLIT_FOLDERS, 0)
     for split, pid, cam, k in _plan(config):
-        image = _render(_identity(config.seed, pid, cam, k), cameras[cam], config,
-                        _rng(config.seed, 2, pid, cam, k))
+        ident = _with_cues(_identity(config.seed, pid, cam, k), config.seed, config.identity_cues)
+        image = _render(ident, cameras[cam], config, _rng(config.seed, 2, pid, cam, k))
         path = os.path.join(folder, split, _market_name(pid, cam, k, config))
         image.save(path, format="JPEG", quality=_JPEG_QUALITY)
         counts[split] += 1
@@ -976,6 +1049,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="camera style gap: 0 none, 1 weak (learnable), ~4 strong")
     p.add_argument("--occlusion-p", type=float, default=d.occlusion_p,
                    help="probability of an occluder per image")
+    for name, what in (("cast", "colour gain, bias and channel mixing"),
+                       ("illumination", "contrast and brightness"), ("blur", "blur and camera noise"),
+                       ("scene", "scene, person scale and position"), ("viewpoint", "preferred viewpoint")):
+        p.add_argument(f"--{name}-strength", type=float, default=None,
+                       help=f"camera gap in {what} alone (default: --style-strength)")
+    p.add_argument("--resolution-strength", type=float, default=d.resolution_strength,
+                   help="cameras with coarser resolution: up to 1 + 0.5 x this times coarser")
+    p.add_argument("--identity-cues", nargs="+", choices=IDENTITY_CUES, default=list(d.identity_cues),
+                   help="attributes that tell identities apart; the others are shared by all")
     p.add_argument("--camera-weights", type=float, nargs="+", default=list(d.camera_weights),
                    metavar="W", help="uneven camera sizes: one relative weight per camera for "
                    "drawing an identity's cameras (default: all equal)")
