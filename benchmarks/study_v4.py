@@ -137,11 +137,11 @@ def chosen_strengths(results, model="convnext_atto"):
 
 
 def calibrate(args):
-    for seed in CALIBRATION_SEEDS:
-        run(args.results, "plain", "nogap", seed, args.rounds, args.model, {})
-        for factor in FACTORS:
-            for strength in STRENGTHS:
-                run(args.results, "plain", f"{factor}@{strength:g}", seed, args.rounds, args.model, {})
+    """The plain model on ``nogap`` and every factor at every strength (or only ``--configs``)."""
+    configs = args.configs or ["nogap", *(f"{f}@{s:g}" for f in FACTORS for s in STRENGTHS)]
+    for seed in (s for s in args.seeds if s in CALIBRATION_SEEDS):
+        for config in configs:
+            run(args.results, "plain", config, seed, args.rounds, args.model, {})
 
 
 def main_rows(args):
@@ -189,6 +189,8 @@ def main():
     p.add_argument("--phase", choices=("calibrate", "main"), default="calibrate")
     p.add_argument("--rows", nargs="+", default=["entry"], help=f"row names or groups {sorted(GROUPS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="calibrate: only these data configurations (e.g. nogap blur@4)")
     p.add_argument("--model", default="convnext_atto")
     p.add_argument("--init-path", default="", help="a backbone.safetensors to start from (default: random init)")
     p.add_argument("--rounds", type=int, default=4)
