@@ -29,7 +29,9 @@ position, viewpoint   ``s = 0`` gives no camera style at all, ``s >= 1`` fully p
 Each camera-gap factor can be set on its own (``cast_strength``: gain, bias, mixing;
 ``illumination_strength``: contrast, brightness; ``blur_strength``: blur, noise;
 ``scene_strength``: scene, scale, position; ``viewpoint_strength``: preferred viewpoint); a factor
-left at None follows ``style_strength``, and 0 switches it off. ``resolution_strength`` (default
+left at None follows ``style_strength``, and 0 switches it off. ``scene_strength`` weighs each
+camera's scene against one scene shared by all cameras (0: every camera films the same place),
+where ``style_strength`` alone weighs it against a new random scene per image. ``resolution_strength`` (default
 0, off) makes each camera up to ``1 + 0.5 r`` times coarser (down- and up-sampled). The draws are
 the same whatever the strengths, so switching one factor changes nothing else.
 ``identity_cues`` (``colour``, ``pattern``, ``shape``) says which attributes tell identities
@@ -296,6 +298,12 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
 _NEUTRAL_SCENE_SCALE, _NEUTRAL_Y_OFFSET, _NEUTRAL_VIEW_P = 0.875, -0.01, (0.4, 0.4, 0.2)
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_scene(seed: int) -> _Scene:
+    """One scene for every camera of a dataset (the scene factor at 0)."""
+    return _sample_scene(_rng(seed, 9))
+
+
 def _blend_scene(camera: _Scene, own: _Scene, a: float, rng: np.random.Generator,
                  view_a: float | None = None) -> _Scene:
     """Weight ``a`` on the camera's scene, ``1 - a`` on an image-specific one; the viewpoint
@@ -560,7 +568,13 @@ def _render(ident: _Identity, camera: _Camera, config: SyntheticConfig,
             rng: np.random.Generator) -> Image.Image:
     """One image of ``ident`` seen by ``camera``, at the output size."""
     a, view_a = (min(config.factor(name), 1.0) for name in ("scene", "viewpoint"))
-    scene = _blend_scene(camera.scene, _sample_scene(rng), a, rng, view_a)
+    own = _sample_scene(rng)  # drawn in every case, so that no later draw moves
+    if config.scene_strength is not None:
+        # The scene factor on its own weighs the camera's scene against one scene shared by every
+        # camera (0: no scene gap). style_strength alone weighs it against a new scene per image,
+        # as it always did: at style 0 the background varies more than the person.
+        own = _shared_scene(config.seed)
+    scene = _blend_scene(camera.scene, own, a, rng, view_a)
     painter = _Painter(config.image_size, rng)
     painter.background(scene)
     painter.person(ident, scene, _VIEWS[rng.choice(3, p=np.asarray(scene.view_p) /
