@@ -161,7 +161,8 @@ def evaluate_sysumm01(query_features, gallery_features, query: Sequence, gallery
         raise ValueError(f"no gallery image from the {mode}-search cameras "
                          f"{[c + 1 for c in cameras]}; is this a SYSU-MM01 gallery?")
     q_pids, q_cams = _labels(query, "pid"), _labels(query, "camid")
-    shared = sorted(set(q_cams.tolist()) & {r.camid for r in gallery})
+    pool_pids, pool_cams = _labels(gallery, "pid"), _labels(gallery, "camid")
+    shared = sorted(set(q_cams.tolist()) & set(pool_cams.tolist()))
     if shared:
         raise ValueError(f"query and gallery share camera(s) {[c + 1 for c in shared]}: the "
                          "visible-infrared protocol queries infrared cameras against visible ones")
@@ -169,7 +170,7 @@ def evaluate_sysumm01(query_features, gallery_features, query: Sequence, gallery
     per_trial = []
     for trial in range(trials):
         picked = torch.as_tensor(single_shot_gallery(gallery, trial, cameras=cameras))
-        g_pids, g_cams = _labels(gallery, "pid")[picked], _labels(gallery, "camid")[picked]
+        g_pids, g_cams = pool_pids[picked], pool_cams[picked]
         sums = _one_trial(dist[:, picked], q_pids, q_cams, g_pids, g_cams, excluded, max_rank)
         cmc = (torch.cumsum(sums["first"], 0) / sums["valid"]).numpy()
         row = {"trial": trial, "gallery_size": int(picked.numel()), "num_valid_queries": sums["valid"],
