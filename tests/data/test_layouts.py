@@ -225,7 +225,7 @@ def test_build_dataset_errors():
         build_dataset("market", "/nowhere")
     with pytest.raises(ValueError, match="needs root="):
         build_dataset("dukemtmc")
-    assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "csv", "synthetic"}
+    assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "csv", "synthetic", "sysumm01", "regdb"}
 
 
 def test_relabel():

@@ -50,6 +50,14 @@ def _unpack(batch, batch_fn=None):
     )
 
 
+def _routes_by_camera(model) -> bool:
+    """Whether ``model`` holds :class:`~timm_reid.models.dual_stream.ModalityRouted` layers, which
+    need each image's camera id (``model(images, camids=...)``)."""
+    from ..models.dual_stream import ModalityRouted
+
+    return any(isinstance(m, ModalityRouted) for m in model.modules())
+
+
 def _embed(model, images, **camera_kwargs) -> torch.Tensor:
     """The model's feature output: a tensor, or the first element of a returned tuple/list."""
     output = model(images, **camera_kwargs)
@@ -106,7 +114,9 @@ def extract_features(
         camera_aggregate: IIDS test-time aggregation: call
             `model(images, camids=camids, convert=True, targets=t)` for every target camera t in
             range(num_cameras) and sum the (flip-averaged) results; needs a TNorm-patched model.
-            Otherwise the model is called as `model(images)`.
+            Otherwise the model is called as `model(images)`, or as `model(images, camids=camids)`
+            when it is dual-stream (:func:`timm_reid.models.dual_stream`: its modality-specific
+            layers route each image by its camera).
         num_cameras: number of cameras, required with camera_aggregate.
         device: where to run the model (default: the device of its first parameter).
         progress: show a tqdm progress bar.
@@ -124,6 +134,7 @@ def extract_features(
     if device is None:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
+    routed = _routes_by_camera(model)
     was_training = model.training
     model.eval()
     features, pids, camids = [], [], []
@@ -135,6 +146,8 @@ def extract_features(
                 cams = torch.as_tensor(batch_camids).long()
                 if camera_aggregate:
                     out = _camera_aggregated(model, images, cams.to(device), num_cameras, flip)
+                elif routed:  # a dual-stream model sends each image through its modality's layers
+                    out = _flip_averaged(model, images, flip, camids=cams.to(device))
                 else:
                     out = _flip_averaged(model, images, flip)
                 features.append((F.normalize(out, dim=1) if normalize else out).cpu())
