@@ -3,6 +3,12 @@
 TINY_DATA = dict(num_identities=12, num_test_identities=8, num_cameras=3, num_distractors=3,
                  image_size=(64, 32))
 
+# Synthetic visible-infrared data (SYSU-MM01 layout) of the GUR tests: every identity in every
+# camera, so that each camera and each modality clusters at these sizes.
+TINY_VI_DATA = dict(seed=5, num_visible_cameras=3, num_infrared_cameras=2, num_identities=10, num_test_identities=6,
+                    visible_cameras_per_identity=(3, 3), infrared_cameras_per_identity=(2, 2),
+                    images_per_camera=(3, 3), image_size=(64, 32))
+
 
 def tiny_argv(output, *extra):
     """Options of a 1-round run that takes seconds: timm's 0.2M-parameter test_convnext at 64x32

@@ -1,0 +1,175 @@
+"""GUR measures on the synthetic visible-infrared data: the method's demo, its ablation and ICE,
+all scored with the SYSU-MM01 protocol (all-search and indoor-search, single-shot, 10 trials).
+
+Each run trains in this process through the harness pieces (``pipeline.build_context``, the
+method's ``Trainer``; the same code ``python -m timm_reid.train`` runs) and scores the network with
+:func:`timm_reid.evaluation.evaluate_sysumm01` before training and after every epoch, so that ICE
+(whose own harness evaluation is the Market-1501 protocol) is scored exactly like GUR. The data is
+``python -m timm_reid.data.synthetic --out DATA --seed S --modality vi`` with the run's seed.
+Rows (one per run, JSON) go to ``RESULTS/runs.jsonl``; a run already there is skipped.
+
+    OMP_NUM_THREADS=1 python benchmarks/gur.py --variants ice gur --seeds 0
+    python benchmarks/gur.py --report          # the table of runs.jsonl, paired deltas
+
+Variants: ``gur`` (the ``gur-demo`` preset: BD + CAE + CLU), ``baseline`` (ADC only:
+``--no-bottom-up --no-cae --clu-epochs 0``), ``bd`` (+ BD), ``bd-cae`` (+ BD + CAE),
+``ice`` (the ``ice-demo`` preset on the same data).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_RESULTS = os.path.join(HERE, "results", "gur")
+DEFAULT_DATA = os.path.join("runs", "gur-bench-data")
+
+VARIANTS = {
+    "gur": ("gur", "gur-demo", []),
+    "baseline": ("gur", "gur-demo", ["--no-bottom-up", "--no-cae", "--clu-epochs", "0", "--clu-smooth-epochs", "0"]),
+    "bd": ("gur", "gur-demo", ["--no-cae", "--clu-epochs", "0", "--clu-smooth-epochs", "0"]),
+    "bd-cae": ("gur", "gur-demo", ["--clu-epochs", "0", "--clu-smooth-epochs", "0"]),
+    "ice": ("ice", "ice-demo", []),
+}
+
+
+def data_dir(root, seed):
+    from timm_reid.data.synthetic import generate_synthetic_vi
+
+    path = os.path.join(root, f"vi-seed{seed}")
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+        generate_synthetic_vi(path, seed=seed)
+    return path
+
+
+def build_args(method, preset, extra, data, seed):
+    from timm_reid.train import gur
+    import yaml
+
+    from timm_reid.train.config import get_args_parser, load_yaml, preset_path
+    from timm_reid.train.methods import METHODS
+
+    parser = get_args_parser()
+    if not any(g.title == "method gur" for g in parser._action_groups):  # not registered in the harness yet
+        gur.add_arguments(parser)
+    if method in METHODS:
+        values = load_yaml(preset_path(preset), parser)
+    else:  # before the harness knows the method: the preset without its method line
+        with open(preset_path(preset)) as f:
+            values = {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
+    parser.set_defaults(**values, preset=preset if method in METHODS else None)
+    argv = ["--method", method, "--dataset", "sysumm01", "--root", data, "--seed", str(seed), "--threads", "1",
+            "--no-progress", *extra]
+    return parser.parse_args(argv), argv
+
+
+def sysu_scores(net, ctx):
+    from timm_reid.evaluation.visible_infrared import evaluate_sysumm01
+    from timm_reid.train.features import extract
+
+    d = ctx.dataset
+    feats, _, _ = extract(net, list(d.query) + list(d.gallery), transform=ctx.test_tf,
+                          batch_size=ctx.test_batch_size, workers=0)
+    out = {}
+    for mode in ("all", "indoor"):
+        r = evaluate_sysumm01(feats[:len(d.query)], feats[len(d.query):], d.query, d.gallery, mode=mode)
+        out[mode] = {k: r[k] for k in ("mAP", "rank1", "mINP")}
+    return out
+
+
+def run_one(variant, seed, data_root, run_root, more=()):
+    import torch
+
+    from timm_reid.train.checkpoint import seed_everything
+    from timm_reid.train.methods import METHODS
+    from timm_reid.train.pipeline import build_context
+
+    method, preset, extra = VARIANTS[variant]
+    data = data_dir(data_root, seed)
+    args, argv = build_args(method, preset, [*extra, *more], data, seed)
+    module = importlib.import_module(METHODS.get(method, f"timm_reid.train.{method}"))
+    module.check(args)
+    torch.set_num_threads(1)
+    seed_everything(args.seed)
+    ctx = build_context(args, os.path.join(run_root, f"{variant}-seed{seed}"), fresh=True)
+    module.check_data(args, ctx.dataset)
+    start = time.time()
+    trainer = module.Trainer(ctx, args)
+    initial = sysu_scores(trainer.net, ctx)
+    curve, position, train_time = [], trainer.start(), 0.0
+    while not trainer.done(position):
+        seed_everything(trainer.step_seed(position))
+        t = time.time()
+        record, position, finished = trainer.step(position)
+        train_time += time.time() - t
+        scores = sysu_scores(trainer.net, ctx)
+        curve.append({"epoch": finished, "all": scores["all"], **{k: v for k, v in record.items()
+                                                                   if not isinstance(v, dict)}})
+        print(f"{variant} seed {seed} epoch {finished}: all-search mAP {100 * scores['all']['mAP']:.1f} "
+              f"rank-1 {100 * scores['all']['rank1']:.1f} ({train_time:.0f} s training)", flush=True)
+    final = curve[-1] if curve else {"all": initial["all"]}
+    final_scores = sysu_scores(trainer.net, ctx)
+    return {"variant": variant, "seed": seed, "method": method, "preset": preset,
+            "command": "python -m timm_reid.train " + " ".join(argv), "protocol": "sysumm01-all-single-shot",
+            "initial": initial, "final": final_scores, "train_seconds": round(train_time, 1),
+            "wall_seconds": round(time.time() - start, 1), "curve": curve,
+            "final_epoch_all": final["all"]}
+
+
+def report(results):
+    rows = [json.loads(line) for line in open(os.path.join(results, "runs.jsonl"))]
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    lines = ["| variant | seed | all mAP | all rank-1 | indoor mAP | train s |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"])):
+        f = r["final"]
+        lines.append(f"| {r['variant']} | {r['seed']} | {100 * f['all']['mAP']:.1f} | {100 * f['all']['rank1']:.1f} "
+                     f"| {100 * f['indoor']['mAP']:.1f} | {r['train_seconds']:.0f} |")
+    lines += ["", "Paired deltas (all-search mAP points, same seed):", ""]
+    for a, b in (("bd", "baseline"), ("bd-cae", "bd"), ("gur", "bd-cae"), ("gur", "baseline"), ("gur", "ice")):
+        pairs = [(s, by[(a, s)], by[(b, s)]) for (v, s) in by if v == a and (b, s) in by]
+        if pairs:
+            deltas = ", ".join(f"seed {s}: {100 * (x['final']['all']['mAP'] - y['final']['all']['mAP']):+.1f}"
+                               for s, x, y in sorted(pairs, key=lambda p: p[0]))
+            lines.append(f"- {a} - {b}: {deltas}")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(results, "tables.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="+", default=["ice", "gur"], choices=tuple(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--results", default=DEFAULT_RESULTS)
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--runs", default=os.path.join("runs", "gur-bench"))
+    p.add_argument("--tag", default="", help="suffix of the variant name in the rows (e.g. a tuning probe)")
+    p.add_argument("--extra", default="", help="extra flags for every run (quoted), e.g. '--gur-epochs 4'")
+    p.add_argument("--report", action="store_true")
+    a = p.parse_args(argv)
+    os.makedirs(a.results, exist_ok=True)
+    if a.report:
+        return report(a.results)
+    path = os.path.join(a.results, "runs.jsonl")
+    done = set()
+    if os.path.isfile(path):
+        done = {(r["variant"], r["seed"]) for r in map(json.loads, open(path))}
+    for seed in a.seeds:
+        for variant in a.variants:
+            name = variant + a.tag
+            if (name, seed) in done:
+                continue
+            row = run_one(variant, seed, a.data, a.runs, a.extra.split())
+            row["variant"] = name
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps({k: row[k] for k in ("variant", "seed", "final", "train_seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

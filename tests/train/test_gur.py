@@ -1,0 +1,178 @@
+"""GUR: the ADC memories, the loss and the channel augmentation against formulas written here
+(float64 loops), the trainer's dual-stream routing, and tiny end-to-end runs with resume."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from timm_reid.data.layouts import INFRARED, VISIBLE
+from timm_reid.train.gur_parts import GRAY_WEIGHTS, ChannelExchange, DomainMemory, centroids, modality_loss
+
+
+def _unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4), batch=st.integers(1, 7),
+       temp=st.sampled_from([0.05, 0.5, 1.0]), seed=st.integers(0, 10_000))
+def test_domain_memory_loss_is_cross_entropy_within_the_target_domain(sizes, batch, temp, seed):
+    d = 6
+    blocks = [_unit(n, d, seed + i).numpy() for i, n in enumerate(sizes)]
+    memory = DomainMemory(blocks, temp=temp)
+    q = _unit(batch, d, seed + 99).float()
+    rng = np.random.default_rng(seed)
+    rows = torch.as_tensor(rng.integers(0, sum(sizes), batch))
+    got = memory.losses(q, rows)
+    flat = [row for b in blocks for row in b]
+    domain = [i for i, n in enumerate(sizes) for _ in range(n)]
+    for i in range(batch):
+        r = int(rows[i])
+        own = [j for j in range(len(flat)) if domain[j] == domain[r]]
+        logits = {j: float(np.dot(q[i].double().numpy(), flat[j])) / temp for j in own}
+        top = max(logits.values())
+        expected = -(logits[r] - top - math.log(sum(math.exp(v - top) for v in logits.values())))
+        assert float(got[i]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_domain_memory_rows_and_blocks():
+    memory = DomainMemory([np.eye(3)[:2] * 3, np.eye(3)[2:]])
+    assert len(memory) == 3 and memory.row(1, 0) == 2 and memory.row(0, 1) == 1
+    torch.testing.assert_close(memory.block(0), torch.eye(3)[:2])  # rows are L2-normalised
+    assert memory.domain_of_row.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="at least one centroid"):
+        DomainMemory([np.zeros((0, 3))])
+
+
+def test_momentum_update_is_sequential_and_renormalised():
+    m0 = _unit(3, 4, 1)
+    memory = DomainMemory([m0.numpy()], momentum=0.2)
+    q = _unit(3, 4, 2)
+    rows = [1, 1, 0]  # row 1 twice: the second update starts from the first's result
+    memory.update(q.float(), torch.tensor(rows))
+    expected = [list(map(float, r)) for r in m0]
+    for x, r in zip(q, rows):
+        v = [0.2 * a + 0.8 * float(b) for a, b in zip(expected[r], x)]
+        norm = math.sqrt(sum(t * t for t in v))
+        expected[r] = [t / norm for t in v]
+    torch.testing.assert_close(memory.features.double(), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_modality_loss_is_the_sum_of_the_two_modality_means():
+    losses = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0])
+    modality = torch.tensor([VISIBLE, VISIBLE, VISIBLE, INFRARED, INFRARED])
+    assert float(modality_loss(losses, modality)) == pytest.approx(2.0 + 15.0)
+    assert float(modality_loss(losses[:3], modality[:3])) == pytest.approx(2.0)  # one modality present
+
+
+def test_centroids_are_normalised_means_without_outliers():
+    f = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [0.0, 2.0]], dtype=np.float32)
+    labels = np.array([0, 0, -1, 1])
+    got = centroids(f, labels)
+    np.testing.assert_allclose(got, [[1 / math.sqrt(2), 1 / math.sqrt(2)], [0.0, 1.0]], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ channel augmentation
+
+def test_channel_exchange_copies_one_channel_or_the_luma():
+    img = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    for k in range(3):
+        out = ChannelExchange.apply(img, k)
+        for c in range(3):
+            torch.testing.assert_close(out[c], img[k])
+    gray = ChannelExchange.apply(img, 3)
+    expected = GRAY_WEIGHTS[0] * img[0] + GRAY_WEIGHTS[1] * img[1] + GRAY_WEIGHTS[2] * img[2]
+    for c in range(3):
+        torch.testing.assert_close(gray[c], expected)
+    assert img.shape == (3, 5, 4) and not torch.equal(img[0], img[1])  # the input is left alone
+
+
+def test_channel_exchange_draws_every_choice_uniformly():
+    torch.manual_seed(0)
+    for gray, choices in ((False, 3), (True, 4)):
+        counts = np.bincount([ChannelExchange(gray=gray).choice() for _ in range(4000)], minlength=4)
+        assert (counts[choices:] == 0).all()
+        assert np.all(np.abs(counts[:choices] / 4000 - 1 / choices) < 0.03), counts
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        ChannelExchange()(torch.rand(1, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+def gur_args(vi_dir, output, *flags):
+    """Options of a tiny GUR run (the gur-demo preset at test sizes) and their Context."""
+    from timm_reid.train import gur
+    from timm_reid.train.config import get_args_parser, load_yaml, preset_path
+    from timm_reid.train.methods import METHODS
+
+    parser = get_args_parser()
+    if not any(g.title == "method gur" for g in parser._action_groups):
+        gur.add_arguments(parser)
+    values = load_yaml(preset_path("gur-demo"), parser) if "gur" in METHODS else _unregistered_preset("gur-demo")
+    parser.set_defaults(**values)
+    return parser.parse_args(["--dataset", "sysumm01", "--root", str(vi_dir), "--output", str(output),
+                              "--model", "test_convnext", "--height", "64", "--width", "32", "--batch-size", "8",
+                              "--num-instances", "2", "--k1", "5", "--k2", "2", "--threads", "1", "--no-progress",
+                              "--no-plots", "--test-batch-size", "64", *flags])
+
+
+def gur_trainer(vi_dir, tmp_path, *flags):
+    from timm_reid.train import gur
+    from timm_reid.train.pipeline import build_context
+
+    args = gur_args(vi_dir, tmp_path / "run", *flags)
+    gur.check(args)
+    ctx = build_context(args, str(tmp_path / "run"), fresh=True)
+    gur.check_data(args, ctx.dataset)
+    return gur.Trainer(ctx, args), ctx
+
+
+def test_trainer_sends_each_modality_through_its_own_layers_only(vi_dir, tmp_path):
+    from timm_reid.models.dual_stream import ModalityRouted
+
+    trainer, ctx = gur_trainer(vi_dir, tmp_path, "--specific-stages", "1")
+    assert trainer.infrared == [3, 4]  # cam4, cam5 of the layout (exp/infrared_cameras.txt)
+    routed = [m for m in trainer.net.modules() if isinstance(m, ModalityRouted)]
+    assert len(routed) >= 2 and all(m.camera_modality.tolist() == [0, 0, 0, 1, 1] for m in routed)
+    seen = {VISIBLE: [], INFRARED: []}
+    first = routed[0]
+    hooks = [first.streams[m].register_forward_pre_hook(lambda mod, inp, m=m: seen[m].append(inp[0].detach().clone()))
+             for m in (VISIBLE, INFRARED)]
+    camids = torch.tensor([0, 3, 1, 4, 2, 3, 0, 4])
+    modality = (camids >= 3).long()
+    # every pixel of an image holds its modality's number: a stream that gets a foreign image sees it
+    view = modality.float()[:, None, None, None].expand(8, 3, 64, 32).contiguous()
+    memory = trainer._memory([np.eye(trainer.net.num_features, dtype=np.float32)[:4]])
+    trainer.train_step(memory, view, view.clone(), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), camids, modality)
+    for h in hooks:
+        h.remove()
+    assert torch.cat(seen[INFRARED]).eq(1).all() and torch.cat(seen[VISIBLE]).eq(0).all()
+    # visible images twice (plain and channel-exchanged view), infrared once
+    assert sum(len(x) for x in seen[VISIBLE]) == 8 and sum(len(x) for x in seen[INFRARED]) == 4
+    raw, _, _, _ = ctx.clustering_features(trainer.net)  # extraction routes camera ids too
+    assert raw.shape[0] == len(ctx.dataset.train)
+
+
+def test_check_data_refuses_single_modality_data(market_dir, tmp_path):
+    from timm_reid.data import build_dataset
+    from timm_reid.train import gur
+    from timm_reid.train.errors import ConfigError
+
+    args = gur_args(market_dir, tmp_path / "run")
+    with pytest.raises(ConfigError, match="both modalities.*sysumm01"):
+        gur.check_data(args, build_dataset("market1501", market_dir))
+
+
+def _unregistered_preset(name):
+    import yaml
+
+    from timm_reid.train.config import preset_path
+
+    with open(preset_path(name)) as f:
+        return {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
