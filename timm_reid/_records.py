@@ -101,7 +101,23 @@ def check_record(record: Any, path: str) -> Dict[str, Any]:
         raise ValueError(f"{where}: input_size {size!r} must be [height, width], two ints >= 1")
     if not isinstance(record["extra"], dict):
         raise ValueError(f"{where}: extra must be a JSON object, got {type(record['extra']).__name__}")
+    if "dual_stream" in record:
+        check_dual_stream(record["dual_stream"], where)
     return record
+
+
+def check_dual_stream(split: Any, where: str) -> Dict[str, Any]:
+    """The optional ``dual_stream`` entry of a record (``timm_reid.models.dual_stream``'s arguments:
+    ``infrared_cameras``, ``num_cameras``, ``specific_stages``), checked."""
+    ok = (isinstance(split, dict) and set(split) == {"infrared_cameras", "num_cameras", "specific_stages"}
+          and isinstance(split["infrared_cameras"], list) and split["infrared_cameras"]
+          and all(_is_int(c) and c >= 0 for c in split["infrared_cameras"])
+          and _is_int(split["num_cameras"]) and split["num_cameras"] > max(split["infrared_cameras"])
+          and _is_int(split["specific_stages"]) and split["specific_stages"] >= 0)
+    if not ok:
+        raise ValueError(f"{where}: dual_stream {split!r} must be an object with infrared_cameras (a non-empty list "
+                         "of camera ids >= 0), num_cameras (an int above them) and specific_stages (an int >= 0)")
+    return split
 
 
 def read_metadata(path: str) -> Dict[str, str]:

@@ -8,7 +8,10 @@ The file holds the backbone's ``state_dict`` (no training heads) and, in the saf
 metadata under ``"timm_reid"``, a JSON record: the timm model name, the patch configuration
 (``model.timm_reid_config``, the keywords of :func:`timm_reid.create_model`), the extra
 ``timm.create_model`` keywords (``num_classes=0``, ...) and the input size ``(H, W)`` it was trained
-at. Loading never unpickles anything.
+at; for a dual-stream backbone (:func:`timm_reid.models.dual_stream`, GUR) also the split
+(``"dual_stream"``: infrared camera ids, camera count, specific stages), which loading applies
+again before the weights (the loaded model then needs ``camids=`` in every forward). Loading
+never unpickles anything.
 
 Shared tensors (AIBN gates shared by the norms of a block, ``gate="block"``) are stored once per
 ``state_dict`` key; loading writes the same value into the shared Parameter once per key.
@@ -65,6 +68,9 @@ def save_backbone(
         "input_size": [int(s) for s in input_size],
         "extra": _plain(extra or {}),
     }
+    split = getattr(model, "timm_reid_dual_stream", None)
+    if split is not None:  # a dual-stream model: load_backbone splits the rebuilt model again
+        record["dual_stream"] = _plain(split)
     if len(record["input_size"]) != 2:
         raise ValueError(f"input_size must be (height, width), got {tuple(input_size)}")
     # One copy per key: safetensors refuses tensors that share memory (shared AIBN gates).
@@ -113,7 +119,17 @@ def load_backbone(path: str, *, device: str | torch.device = "cpu") -> nn.Module
     path = _resolve(path)
     record = read_backbone_metadata(path)
     options = PatchOptions.from_dict(record["patch"], source=f"{path} (backbone record)")
-    model = create_model(record["model_name"], options, checkpoint_path=path, **record["timm_kwargs"])
+    split = record.get("dual_stream")
+    if split is None:
+        model = create_model(record["model_name"], options, checkpoint_path=path, **record["timm_kwargs"])
+    else:  # the weights are those of the split model: split first, then load them
+        from ._records import read_weights
+        from .models.dual_stream import dual_stream
+
+        model = create_model(record["model_name"], options, **record["timm_kwargs"])
+        dual_stream(model, split["infrared_cameras"], num_cameras=split["num_cameras"],
+                    specific_stages=split["specific_stages"])
+        model.load_state_dict(read_weights(path)[0])
     model.timm_reid_backbone = record
     return model.to(device).eval()
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import timm_reid
+from timm_reid.backbone import read_backbone_metadata
 from timm_reid.layers import TNorm
 from timm_reid.models import ModalityRouted, dual_stream
 
@@ -100,3 +101,35 @@ def test_bad_arguments():
     for name in ("features-resnet", "features-convnext"):   # features_only wrappers split too
         routed = [m for m in dual_stream(fresh(name), INFRARED).modules() if isinstance(m, ModalityRouted)]
         assert routed and routed[0].path in ("conv1", "stem_0")
+
+
+@pytest.mark.parametrize("specific_stages", [0, 1])
+def test_backbone_file_records_the_split_and_reloads_it(tmp_path, specific_stages):
+    torch.manual_seed(0)
+    model = timm_reid.create_model("test_convnext", aibn=[2], num_classes=0)
+    dual_stream(model, [3], num_cameras=5, specific_stages=specific_stages)
+    perturb_infrared(model)
+    model.eval()
+    path = timm_reid.save_backbone(model, str(tmp_path / "b.safetensors"), model_name="test_convnext",
+                                   input_size=(64, 32))
+    record = read_backbone_metadata(path)
+    assert record["dual_stream"] == {"infrared_cameras": [3], "num_cameras": 5, "specific_stages": specific_stages}
+    loaded = timm_reid.load_backbone(path)
+    assert [m.path for m in loaded.modules() if isinstance(m, ModalityRouted)] == \
+        [m.path for m in model.modules() if isinstance(m, ModalityRouted)]
+    x, camids = torch.randn(4, 3, 64, 32), torch.tensor([0, 3, 4, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, camids=camids), model(x, camids=camids))
+
+
+def test_backbone_record_with_a_bad_split_is_refused(tmp_path):
+    from timm_reid._records import check_record
+
+    model = timm_reid.create_model("test_convnext", num_classes=0)
+    path = timm_reid.save_backbone(model, str(tmp_path / "b.safetensors"), model_name="test_convnext",
+                                   input_size=(64, 32))
+    record = read_backbone_metadata(path)
+    assert "dual_stream" not in record  # a single-stream model records no split
+    with pytest.raises(ValueError, match="dual_stream .* must be an object with infrared_cameras"):
+        check_record({**record, "dual_stream": {"infrared_cameras": [5], "num_cameras": 2, "specific_stages": 0}},
+                     path)

@@ -15,7 +15,8 @@ the camera ids the patched model already takes (``model(x, camids=...)`` or
 choice); ``k`` also splits stages 1..k (their blocks and downsample layers).
 
 Apply :func:`timm_reid.patch` before ``dual_stream`` (patch finds a model's stages by the types of
-their blocks, which a split stage hides). ``save_backbone`` does not record the split yet.
+their blocks, which a split stage hides). :func:`timm_reid.save_backbone` records the split
+(``model.timm_reid_dual_stream``) and :func:`timm_reid.load_backbone` applies it again.
 """
 from __future__ import annotations
 
@@ -142,4 +143,7 @@ def dual_stream(model: nn.Module, infrared_cameras: Sequence[int], *, num_camera
         routed.path = path
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, routed.train(model.training))
+    # what save_backbone records so that load_backbone splits the rebuilt model the same way
+    model.timm_reid_dual_stream = {"infrared_cameras": infrared, "num_cameras": int(total),
+                                   "specific_stages": int(specific_stages)}
     return model
