@@ -62,7 +62,7 @@ def build_args(method, preset, extra, data, seed):
         with open(preset_path(preset)) as f:
             values = {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
     parser.set_defaults(**values, preset=preset if method in METHODS else None)
-    argv = ["--method", method, "--dataset", "sysumm01", "--root", data, "--seed", str(seed), "--threads", "1",
+    argv = (["--method", method] if method in METHODS else []) + ["--dataset", "sysumm01", "--root", data, "--seed", str(seed), "--threads", "1",
             "--no-progress", *extra]
     return parser.parse_args(argv), argv
 

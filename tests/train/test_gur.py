@@ -176,3 +176,72 @@ def _unregistered_preset(name):
 
     with open(preset_path(name)) as f:
         return {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def gur_argv(vi_dir, output, *extra):
+    """A 1-2 epoch GUR run of seconds on the tiny VI data (the gur-demo preset at test sizes)."""
+    return ["--method", "gur", "--dataset", "sysumm01", "--root", str(vi_dir), "--output", str(output),
+            "--model", "test_convnext", "--batch-size", "8", "--num-instances", "2", "--k1", "5", "--k2", "2",
+            "--camera-iters", "2", "--modality-iters", "2", "--joint-iters", "2", "--gur-epochs", "1",
+            "--clu-epochs", "1", "--clu-smooth-epochs", "0", "--threads", "1", "--no-progress", "--no-plots",
+            "--test-batch-size", "64", *extra]
+
+
+def _check_gur_run(run, epochs):
+    import json
+
+    result = json.loads((run / "final_metrics.json").read_text())
+    for which in ("initial", "final"):
+        for key in ("mAP", "rank1"):
+            assert 0.0 <= result[which][key] <= 1.0
+    assert result["method"] == "gur" and result["protocol"].startswith("sysumm01-all")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == list(range(1, epochs + 1))
+    for key in ("gur_camera_clusters", "gur_modality_clusters", "gur_seconds"):
+        assert key in lines[-1], key
+    assert (run / "backbone.safetensors").is_file() and (run / "final.pth").is_file()
+    return result
+
+
+def test_tiny_gur_run_end_to_end_and_its_backbone_reloads(vi_dir, tmp_path):
+    import timm_reid
+    from timm_reid.train import main, parse_args
+
+    run = tmp_path / "run"
+    main(parse_args(gur_argv(vi_dir, run)))
+    _check_gur_run(run, 1)
+    backbone = timm_reid.load_backbone(str(run))
+    assert backbone.timm_reid_backbone["dual_stream"]["infrared_cameras"] == [3, 4]
+    x = torch.randn(2, 3, 64, 32)
+    assert backbone(x, camids=torch.tensor([0, 3])).shape[0] == 2
+
+
+def test_gur_resume_equals_uninterrupted_run(vi_dir, tmp_path, monkeypatch):
+    from timm_reid.train import gur, main, parse_args
+    from timm_reid.train.checkpoint import load_checkpoint
+
+    argv = ["--gur-epochs", "2", "--clu-epochs", "1", "--seed", "4"]
+    full = main(parse_args(gur_argv(vi_dir, tmp_path / "full", *argv)))
+    real_step, calls = gur.Trainer.step, []
+
+    def interrupt_in_epoch_2(self, position):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(self, position)
+
+    run = tmp_path / "resumed"
+    monkeypatch.setattr(gur.Trainer, "step", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(parse_args(gur_argv(vi_dir, run, *argv)))
+    assert load_checkpoint(run / "last.pth")["next"] == [1, 0]
+    monkeypatch.setattr(gur.Trainer, "step", real_step)
+    resumed = main(parse_args(["--resume", str(run), "--threads", "1", "--no-progress"]))
+    for which in ("initial", "final"):
+        for key in ("mAP", "rank1"):
+            assert resumed[which][key] == pytest.approx(full[which][key], abs=1e-6), (which, key)
+    a, b = load_checkpoint(tmp_path / "full" / "final.pth"), load_checkpoint(run / "final.pth")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
