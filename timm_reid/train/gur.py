@@ -297,7 +297,9 @@ class Trainer:
     # ---------------------------------------------------------------- stages
 
     def _features(self):
-        """L2-normalised train features of the current network (camera ids routed)."""
+        """``(features, clustered)``: L2-normalised train features of the current network (memories
+        and CAE use them, as the training features) and the features DBSCAN sees (camera-centred
+        with ``--center-features``)."""
         raw, feats, _, _ = self.ctx.clustering_features(self.net)
         return l2_normalize(raw), feats
 
@@ -322,7 +324,7 @@ class Trainer:
     def intra_camera(self, epoch, record):
         """Stage 1: each camera clustered alone; returns ``{camid: its memory block after training}``."""
         opts = self.opts
-        _, feats = self._features()
+        raw, feats = self._features()
         rows = np.full(len(feats), -1, dtype=np.int64)
         blocks, cameras = [], []
         for cam in np.unique(self.camids):
@@ -332,10 +334,9 @@ class Trainer:
                 continue
             offset = sum(len(b) for b in blocks)
             rows[idx[labels >= 0]] = labels[labels >= 0] + offset
-            blocks.append(centroids(feats[idx], labels))
+            blocks.append(centroids(raw[idx], labels))
             cameras.append(int(cam))
-        record["gur_camera_clusters"] = int(sum(len(b) for b in blocks))
-        record["gur_camera_outliers"] = int((rows < 0).sum())
+        self._label_record(record, "camera", rows)
         if not blocks:
             record["gur_camera_skipped"] = "no clusters"
             return None
@@ -359,7 +360,7 @@ class Trainer:
                     x = association_embedding(raw[idx], banks, sigma=opts.sigma).numpy()
             labels[idx] = self._dbscan(x, opts.modality_eps, opts.gur_min_samples, "modality")
         vis, ir = (np.nonzero(self.modality == m)[0] for m in (VISIBLE, INFRARED))
-        own = [centroids(feats[i], labels[i]) if (labels[i] >= 0).any() else None for i in (vis, ir)]
+        own = [centroids(raw[i], labels[i]) if (labels[i] >= 0).any() else None for i in (vis, ir)]
         self._label_record(record, "modality", labels)
         if transfer and own[1] is not None:
             unified = unify_labels(raw[vis], raw[ir], labels[ir], k=opts.clu_k, smooth=smooth,
@@ -404,7 +405,7 @@ class Trainer:
         if not keep.any():
             record["gur_joint_skipped"] = "no clusters"
             return
-        self._train(self._memory([centroids(feats, labels)]), labels, opts.joint_iters, epoch, "joint", record)
+        self._train(self._memory([centroids(raw, labels)]), labels, opts.joint_iters, epoch, "joint", record)
 
     # ---------------------------------------------------------------- helpers
 
