@@ -1,6 +1,13 @@
 """The run layer shared by training (:mod:`timm_reid.train`) and pretraining
-(:mod:`timm_reid.pretrain`), importing neither: the user-error types, atomic writers, pickle-free
-checkpoint loading and seeding.
+(:mod:`timm_reid.pretrain`), importing neither: the user-error types, the run folder and its
+overwrite rules, atomic writers, the config file, pickle-free checkpoint loading, seeding, the
+refusal of flags a resumed run would ignore, and the torchrun session.
+
+Run folders: a new run needs a new or empty folder; one holding files is refused naming them,
+unless it holds only what a run that stopped before its first checkpoint leaves (its config and
+generated data: :attr:`RunFolder.restartable`) or ``--overwrite`` is given (where the command line
+has it), which deletes exactly the run's own files (:attr:`RunFolder.run_files`) after every
+check. The folder's :class:`~timm_reid._runlock.RunLock` is held from the first write on.
 
 Writers never leave a half-written file: they write ``PATH.tmp`` and ``os.replace`` it. Checkpoints
 hold only tensors and plain Python values (dict, list, str, int, float, bool, None), so they load
@@ -12,20 +19,28 @@ resumed at a step boundary draws exactly the numbers the uninterrupted run drew.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import random
 import zipfile
-from typing import Sequence, Tuple
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 
+from timm_reid import distributed
 from timm_reid._records import looks_like_torch_file
+from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 
-__all__ = ["CheckpointError", "ConfigError", "atomic_save", "atomic_write_text", "derive_seed", "load_checkpoint",
-           "seed_everything", "write_json", "write_jsonl"]
+__all__ = ["CHECKPOINT_FILE", "CheckpointError", "ConfigError", "RunFolder", "atomic_save", "atomic_write_text",
+           "derive_seed", "load_checkpoint", "read_config", "refuse_flags_ignored_by_resume", "seed_everything",
+           "session", "write_config", "write_json", "write_jsonl"]
+
+CHECKPOINT_FILE = "last.pth"  # the resumable state of every run, written after every step
 
 
 class ConfigError(ValueError):
@@ -60,6 +75,98 @@ def write_json(obj, path) -> None:
 
 def write_jsonl(records, path) -> None:
     atomic_write_text("".join(json.dumps(r) + "\n" for r in records), path)
+
+
+def write_config(options: dict, path) -> None:
+    """The resolved options of a run as YAML (``config.yaml``: plain values, sorted by name)."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}
+    atomic_write_text(yaml.safe_dump(plain, sort_keys=False), path)
+
+
+def read_config(path) -> dict:
+    """The options a run folder's config file holds: ``config.yaml``, or ``config.json`` as
+    pretraining wrote it before it shared this layer."""
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f) if os.fspath(path).endswith(".json") else yaml.safe_load(f)
+    return values or {}
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The overwrite rules of one command line's run folders (see the module docstring)."""
+
+    run_files: Tuple[str, ...]  # the files a run writes (what --overwrite replaces)
+    restartable: frozenset = frozenset()  # what a run stopped before its first checkpoint leaves
+    has_overwrite: bool = False  # the command line has --overwrite
+    writer: str = "timm_reid.train"
+
+    def entries(self, path) -> list:
+        """The folder's entries, bookkeeping (lock, generator temporaries) left out."""
+        return sorted(n for n in os.listdir(path) if not is_bookkeeping(n)) if os.path.isdir(path) else []
+
+    def check(self, path, *, resuming: bool, overwrite: bool = False, flag: str = "--output") -> list:
+        """Refuse a folder a new run may not use (``FileExistsError`` naming what is there and the
+        ways out); returns its entries."""
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FileExistsError(f"{flag} {path} is a file, not a folder")
+        present = self.entries(path)
+        if resuming or not present or overwrite or set(present) <= self.restartable:
+            return present
+        shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+        hint = f"continue it with --resume {path}, or " if CHECKPOINT_FILE in present else ""
+        replace = ", or pass --overwrite to replace the run files there" if self.has_overwrite else ""
+        raise FileExistsError(f"{flag} {path} is not empty: it already holds files ({shown}); {hint}choose a new "
+                              f"or empty {flag}{replace}")
+
+    def prepare(self, path, *, resuming: bool, overwrite: bool = False, lock: Optional[RunLock] = None) -> str:
+        """Create the run folder, holding ``lock`` from here on; refuse one a new run may not use
+        (checked again under the lock), or, resuming, one without a checkpoint. ``overwrite``
+        deletes the old run files only now, after every check."""
+        if resuming and not os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+            raise FileNotFoundError(f"--resume {path}: no {CHECKPOINT_FILE} there; is it a run folder of "
+                                    f"{self.writer}?")
+        self.check(path, resuming=resuming, overwrite=overwrite)  # before the lock adds its file to a folder we refuse
+        if lock is not None:
+            lock.acquire()
+            remove_stale_temporaries(path)
+        present = self.check(path, resuming=resuming, overwrite=overwrite)
+        if overwrite and not resuming:
+            for name in set(self.run_files) & set(present):
+                os.remove(os.path.join(path, name))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+def refuse_flags_ignored_by_resume(resume, given: Iterable[str], allowed: Sequence[str]) -> None:
+    """With ``--resume`` a run keeps its stored options: :class:`ConfigError` naming the flags in
+    ``given`` (option dests) that it would ignore, i.e. all but ``allowed`` (how to run, not what)."""
+    ignored = sorted(set(given) - set(allowed) - {"resume"})
+    if resume is None or not ignored:
+        return
+    flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+    may = ", ".join("--" + k.replace("_", "-") for k in allowed if k != "resume")
+    raise ConfigError(f"--resume {resume} continues the run with the options stored in it, so these flags would be "
+                      f"ignored: {flags}. Drop them (only {may} may change on resume), or start a new run with "
+                      "--output.")
+
+
+# ------------------------------------------------------------------------------------------ torchrun
+
+@contextlib.contextmanager
+def session(args):
+    """The torchrun process group of a run (one process without torchrun): sets ``args.device`` to
+    this process's device and ``args.world_size``; yields the :class:`~timm_reid.distributed.Dist`
+    and shuts the group down after."""
+    dist = distributed.init(args.device, args.dist_timeout)
+    try:
+        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
+        yield dist
+    finally:
+        distributed.shutdown(dist)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

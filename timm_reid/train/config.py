@@ -23,6 +23,7 @@ import warnings
 import yaml
 
 from timm_reid._cli import default_device, runtime_problems
+from timm_reid._run import refuse_flags_ignored_by_resume, write_config
 from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import (DEFAULT_METHOD, all_methods, get_method, method_names, preset_names,
@@ -378,20 +379,12 @@ def _refuse_unknown_flags(parser, extras, method):
 
 
 def _refuse_flags_ignored_by_resume(argv, first):
-    if first.resume is None:
-        return
-    given = sorted(_explicit_dests(argv) - set(RESUME_FLAGS))
-    if given:
-        flags = ", ".join("--" + g.replace("_", "-") for g in given)
-        raise ConfigError(f"--resume {first.resume} continues the run with the options stored in it, so these "
-                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, "
-                          "--dist-timeout, --no-progress and --no-plots may change on resume), or start a new run "
-                          "with --output.")
+    if first.resume is not None:
+        refuse_flags_ignored_by_resume(first.resume, _explicit_dests(argv), RESUME_FLAGS)
 
 
 def save_config(args, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(dict(sorted(vars(args).items())), f, sort_keys=False)
+    write_config(vars(args), path)
 
 
 def _check_patch_flags(args):

@@ -21,12 +21,14 @@ import torch
 
 from timm_reid import distributed
 from timm_reid._cli import check_backbone, check_output_folder, checked
-from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
+from timm_reid._run import CHECKPOINT_FILE, RunFolder, session
+from timm_reid._runlock import RunLock
 from timm_reid.data.image_dataset import ImageReadError
 from timm_reid.evaluation.splits import evaluate_split, format_metrics
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
-from timm_reid.train.config import PROG, check_args, get_args_parser, model_option_names, parse_args, save_config
+from timm_reid.train.config import (PROG, RESUME_FLAGS, check_args, get_args_parser, model_option_names, parse_args,
+                                    save_config)
 from timm_reid.train.context import Context, OptimOptions
 from timm_reid.train.errors import CheckpointError, ConfigError
 from timm_reid.train.methods import get_method
@@ -35,8 +37,9 @@ from timm_reid.train.model import ReIDNet
 log = logging.getLogger("timm_reid.train")
 
 # Files a run writes into its directory (``--overwrite`` replaces exactly these).
-RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "last.pth", "interrupted.pth", "final.pth",
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", CHECKPOINT_FILE, "interrupted.pth", "final.pth",
              "final_metrics.json", "backbone.safetensors", "curves.png", "cmc.png", "embedding.png")
+RUNS = RunFolder(run_files=RUN_FILES, has_overwrite=True, writer="timm_reid.train")
 
 
 def main(args):
@@ -48,27 +51,25 @@ def main(args):
     check_args(args)
     if state is None:
         preflight(args)
-    dist = distributed.init(args.device, args.dist_timeout)
-    lock = RunLock(default_output(args))  # acquired by rank 0 only, the one writer
-    try:
-        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
-        args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None, lock=lock)
-        handler = setup_logging(args.output) if dist.is_main else None
+    with session(args) as dist:
+        lock = RunLock(default_output(args))  # acquired by rank 0 only, the one writer
         try:
-            if state is None and args.init:
-                from timm_reid.train.starting_points import resolve_init
+            args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None, lock=lock)
+            handler = setup_logging(args.output) if dist.is_main else None
+            try:
+                if state is None and args.init:
+                    from timm_reid.train.starting_points import resolve_init
 
-                args.checkpoint_path = resolve_init(args, dist)
-                if dist.is_main:
-                    save_config(args, os.path.join(args.output, "config.yaml"))
-            return _run(args, state, args.output, dist)
+                    args.checkpoint_path = resolve_init(args, dist)
+                    if dist.is_main:
+                        save_config(args, os.path.join(args.output, "config.yaml"))
+                return _run(args, state, args.output, dist)
+            finally:
+                if handler is not None:
+                    log.removeHandler(handler)
+                    handler.close()
         finally:
-            if handler is not None:
-                log.removeHandler(handler)
-                handler.close()
-    finally:
-        lock.release()
-        distributed.shutdown(dist)
+            lock.release()
 
 
 def resume_state(args):
@@ -76,9 +77,9 @@ def resume_state(args):
     line) and the last checkpoint; otherwise ``(args, None)``."""
     if args.resume is None:
         return args, None
-    path = os.path.join(args.resume, "last.pth")
+    path = os.path.join(args.resume, CHECKPOINT_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {args.resume}: no last.pth there; is it a run directory?")
+        raise FileNotFoundError(f"--resume {args.resume}: no {CHECKPOINT_FILE} there; is it a run directory?")
     state = load_checkpoint(path)
     # Options added since the checkpoint: defaults of the stored method's parser (the shared ones as
     # this command line resolved them); a checkpoint written before each method parsed its own
@@ -86,7 +87,7 @@ def resume_state(args):
     known = vars(get_args_parser(add_help=False, method=state["args"].get("method")).parse_args([]))
     known.update((k, v) for k, v in vars(args).items() if k in known)
     stored = type(args)(**{**known, **state["args"]})
-    for key in ("threads", "workers", "no_progress", "no_plots", "device", "dist_timeout"):
+    for key in set(RESUME_FLAGS) - {"resume"}:
         setattr(stored, key, getattr(args, key))
     stored.resume, stored.output = args.resume, args.resume
     return stored, state
@@ -154,31 +155,15 @@ def _checked(check, what):
 
 def check_run_dir(args, *, resuming):
     """Refuse an output folder that holds files unless resuming or ``--overwrite``; returns its entries."""
-    present = sorted(n for n in os.listdir(args.output) if not is_bookkeeping(n)) if os.path.isdir(args.output) else []
-    if not resuming and present and not getattr(args, "overwrite", False):
-        shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
-        hint = f"continue it with --resume {args.output}, " if "last.pth" in present else ""
-        raise FileExistsError(f"--output {args.output} already holds files ({shown}); {hint}choose a new or "
-                              "empty --output, or pass --overwrite to replace the run files there "
-                              "(see --resume to continue a run)")
-    return present
+    return RUNS.check(args.output, resuming=resuming, overwrite=getattr(args, "overwrite", False))
 
 
 def prepare_run_dir(args, *, resuming, lock=None):
     """Create the run directory (holding ``lock``, a :class:`RunLock` on it, from here on); refuse
     one that holds files unless resuming or ``--overwrite``, which deletes the old run files only
-    now, after every check."""
+    now, after every check (:class:`timm_reid._run.RunFolder`); a new run's ``config.yaml``."""
     args.output = default_output(args)
-    check_run_dir(args, resuming=resuming)  # before the lock adds its file to a folder we refuse
-    if lock is not None:
-        lock.acquire()
-        remove_stale_temporaries(args.output)
-    present = check_run_dir(args, resuming=resuming)
-    if not resuming and present:
-        for name in RUN_FILES:
-            if name in present:
-                os.remove(os.path.join(args.output, name))
-    os.makedirs(args.output, exist_ok=True)
+    RUNS.prepare(args.output, resuming=resuming, overwrite=getattr(args, "overwrite", False), lock=lock)
     if not resuming:
         save_config(args, os.path.join(args.output, "config.yaml"))
     return args.output
