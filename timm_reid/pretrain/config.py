@@ -21,7 +21,7 @@ METHODS = ("supervised", "isr", "moco")
 # Options that may differ between the interrupted and the resuming command (how to run, not what).
 RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
 
-# Sizes for 2 CPU cores: see README "Pretraining" for what each takes on one thread.
+# Sizes for 2 CPU cores: see docs/training.md "Pretrain without downloads" for what each takes on one thread.
 METHOD_DEFAULTS = {
     "supervised": {"epochs": 80, "lr": 1e-3, "batch_size": 64},
     "isr": {"epochs": 20, "lr": 1e-3, "batch_size": 80},

@@ -398,7 +398,7 @@ def _check_patch_flags(args):
 
 
 def warn_ineffective_options(args):
-    """Warn about options that are valid but change nothing here (README "Train" says so too)."""
+    """Warn about options that are valid but change nothing here (docs/training.md says so too)."""
     converts = getattr(args, "convert_prob", 0) > 0 or getattr(args, "camera_aggregate", False)
     if args.tnorm and args.tnorm_mode == "transform" and not converts:
         warnings.warn(f"--tnorm {' '.join(map(str, args.tnorm))} in --tnorm-mode transform changes no output "
