@@ -34,11 +34,12 @@ import yaml
 
 from timm_reid import distributed
 from timm_reid._records import looks_like_torch_file
+from timm_reid.data.image_dataset import ImageReadError
 from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 
-__all__ = ["CHECKPOINT_FILE", "CheckpointError", "ConfigError", "RunFolder", "atomic_save", "atomic_write_text",
-           "derive_seed", "load_checkpoint", "read_config", "refuse_flags_ignored_by_resume", "seed_everything",
-           "session", "write_config", "write_json", "write_jsonl"]
+__all__ = ["CHECKPOINT_FILE", "USER_ERRORS", "CheckpointError", "ConfigError", "RunFolder", "atomic_save", "atomic_write_text",
+           "derive_seed", "load_checkpoint", "refuse_flags_ignored_by_resume", "resumed_options",
+           "seed_everything", "session", "write_config", "write_json", "write_jsonl"]
 
 CHECKPOINT_FILE = "last.pth"  # the resumable state of every run, written after every step
 
@@ -51,6 +52,12 @@ class ConfigError(ValueError):
 class CheckpointError(ValueError):
     """A file that is not a readable timm-reid checkpoint (truncated, empty, foreign, or holding
     objects that only unpickling could rebuild)."""
+
+
+# What a command line reports as one paragraph with exit status 2 (a mistake the user can fix),
+# rather than a traceback; pretraining adds ValueError, which its option checks raise.
+USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, NotADirectoryError,
+               ImageReadError, PermissionError)
 
 
 # ------------------------------------------------------------------------------------------ writers
@@ -81,14 +88,6 @@ def write_config(options: dict, path) -> None:
     """The resolved options of a run as YAML (``config.yaml``: plain values, sorted by name)."""
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}
     atomic_write_text(yaml.safe_dump(plain, sort_keys=False), path)
-
-
-def read_config(path) -> dict:
-    """The options a run folder's config file holds: ``config.yaml``, or ``config.json`` as
-    pretraining wrote it before it shared this layer."""
-    with open(path, encoding="utf-8") as f:
-        values = json.load(f) if os.fspath(path).endswith(".json") else yaml.safe_load(f)
-    return values or {}
 
 
 # ------------------------------------------------------------------------------------------ run folders
@@ -140,6 +139,17 @@ class RunFolder:
 
 
 # ------------------------------------------------------------------------------------------ resume
+
+def resumed_options(stored: dict, given, *, defaults: dict, runtime: Sequence[str]):
+    """The options of a resumed run: those ``stored`` in its checkpoint over ``defaults`` (options
+    added since the checkpoint was written), the ``runtime`` ones (how to run) as ``given`` on this
+    command line; ``resume`` and ``output`` are the run folder (``given.resume``)."""
+    options = type(given)(**{**defaults, **stored})
+    for key in runtime:
+        setattr(options, key, getattr(given, key))
+    options.resume = options.output = given.resume
+    return options
+
 
 def refuse_flags_ignored_by_resume(resume, given: Iterable[str], allowed: Sequence[str]) -> None:
     """With ``--resume`` a run keeps its stored options: :class:`ConfigError` naming the flags in

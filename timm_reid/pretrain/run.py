@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from timm_reid._run import seed_everything, session, write_config, write_json
+from timm_reid._run import resumed_options, seed_everything, session, write_config, write_json
 from timm_reid._runlock import RunLock
 from timm_reid.pretrain.config import RUNTIME_OPTIONS, check_args, check_resume_options, get_args_parser, resolve_args
 from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir
@@ -66,11 +66,8 @@ def _resume(args):
         return resolve_args(args), None
     prepare_run_dir(args.resume, resuming=True)
     state = load_state(args.resume)
-    stored = argparse.Namespace(**{**vars(get_args_parser().parse_args(["--method", "isr"])), **state["args"]})
-    for key in RUNTIME_OPTIONS:
-        setattr(stored, key, getattr(args, key))
-    stored.resume, stored.output = args.resume, args.resume
-    return stored, state
+    defaults = vars(get_args_parser().parse_args(["--method", "isr"]))  # options added since the checkpoint
+    return resumed_options(state["args"], args, defaults=defaults, runtime=RUNTIME_OPTIONS), state
 
 
 def main(args: argparse.Namespace, *, pair_hook=None) -> dict:

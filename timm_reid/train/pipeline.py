@@ -21,16 +21,15 @@ import torch
 
 from timm_reid import distributed
 from timm_reid._cli import check_backbone, check_output_folder, checked
-from timm_reid._run import CHECKPOINT_FILE, RunFolder, session
+from timm_reid._run import CHECKPOINT_FILE, USER_ERRORS, RunFolder, resumed_options, session
 from timm_reid._runlock import RunLock
-from timm_reid.data.image_dataset import ImageReadError
 from timm_reid.evaluation.splits import evaluate_split, format_metrics
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
 from timm_reid.train.config import (PROG, RESUME_FLAGS, check_args, get_args_parser, model_option_names, parse_args,
                                     save_config)
 from timm_reid.train.context import Context, OptimOptions
-from timm_reid.train.errors import CheckpointError, ConfigError
+from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import get_method
 from timm_reid.train.model import ReIDNet
 
@@ -86,11 +85,7 @@ def resume_state(args):
     # options also holds the other methods' defaults, which no method reads.
     known = vars(get_args_parser(add_help=False, method=state["args"].get("method")).parse_args([]))
     known.update((k, v) for k, v in vars(args).items() if k in known)
-    stored = type(args)(**{**known, **state["args"]})
-    for key in set(RESUME_FLAGS) - {"resume"}:
-        setattr(stored, key, getattr(args, key))
-    stored.resume, stored.output = args.resume, args.resume
-    return stored, state
+    return resumed_options(state["args"], args, defaults=known, runtime=set(RESUME_FLAGS) - {"resume"}), state
 
 
 def default_output(args):
@@ -445,7 +440,6 @@ def write_plots(run_dir, *, history, initial, final, features):
         plots.plot_embedding(*features, os.path.join(run_dir, "embedding.png"))
 
 
-USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ImageReadError, PermissionError)
 
 
 def cli(argv=None):
