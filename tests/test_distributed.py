@@ -195,7 +195,7 @@ def test_torchrun_ice_equals_one_process(tmp_path):
 
 
 def test_torchrun_resumes_a_run_and_finishes_it_as_one_process_would(tmp_path, monkeypatch):
-    from timm_reid.train import engine, main, parse_args
+    from timm_reid.train import iics, main, parse_args
 
     argv = [*SYNTHETIC, "--root", str(tmp_path / "data"), "--tnorm", "1", "2", "3", "--tnorm-mode", "normalize", *SGD]
     full = main(parse_args(tiny_argv(tmp_path / "full", *argv)))
@@ -203,7 +203,7 @@ def test_torchrun_resumes_a_run_and_finishes_it_as_one_process_would(tmp_path, m
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "run_inter_stage", interrupt)  # after the intra stage of round 1
+    monkeypatch.setattr(iics, "run_inter_stage", interrupt)  # after the intra stage of round 1
     with pytest.raises(KeyboardInterrupt):
         main(parse_args(tiny_argv(tmp_path / "run", *argv)))
     _torchrun("timm_reid.train", "--resume", str(tmp_path / "run"), "--threads", "1", "--no-progress",

@@ -115,8 +115,8 @@ def test_checkpoint_and_its_backbone_give_the_run_s_own_metrics(tiny_run, tmp_pa
     final = json.loads((tiny_run / "final_metrics.json").read_text())["final"]
     ck_json, bb_json = tmp_path / "ck.json", tmp_path / "bb.json"
     assert main(["--checkpoint", str(tiny_run / "final.pth"), "--threads", "1", "--output-json", str(ck_json)]) == 0
-    net, spec = _checkpoint_net(str(tiny_run / "final.pth"))
-    backbone = timm_reid.save_backbone(net.backbone, str(tmp_path / "backbone.safetensors"),
+    backbone_module, spec = _checkpoint_net(str(tiny_run / "final.pth"))  # the backbone alone
+    backbone = timm_reid.save_backbone(backbone_module, str(tmp_path / "backbone.safetensors"),
                                        model_name="test_convnext", input_size=spec["input_size"])
     assert main(["--backbone", backbone, "--data", str(tiny_run / "data"), "--threads", "1",
                  "--output-json", str(bb_json)]) == 0
@@ -186,3 +186,19 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_the_evaluate_command_line_imports_no_training_code():
+    """Every module it can import (lazy imports included, read from the source) is outside
+    timm_reid.train and timm_reid.pretrain: evaluating needs the library, not the harness."""
+    from tests.test_layout import import_graph
+
+    graph = import_graph()
+    seen, todo = set(), ["timm_reid.evaluate_cli"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    harness = sorted(m for m in seen if m.startswith(("timm_reid.train", "timm_reid.pretrain")))
+    assert not harness, harness

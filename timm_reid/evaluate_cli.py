@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     _check_args(args)
     import torch
 
-    from timm_reid.train.pipeline import evaluate_splits, format_metrics
+    from timm_reid.evaluation.splits import evaluate_split, format_metrics
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError("--camera-aggregate needs a model with TNorm layers (built with num_cameras); this one has none")
     from timm_reid.data import build_transforms
 
-    metrics = evaluate_splits(net.to(device), dataset, transform=build_transforms(height, width, train=False),
-                              batch_size=args.batch_size, workers=args.workers, camera_aggregate=aggregate,
-                              num_cameras=spec["num_cameras"])
+    metrics = evaluate_split(net.to(device), dataset, transform=build_transforms(height, width, train=False),
+                             protocol=spec["protocol"], batch_size=args.batch_size, workers=args.workers,
+                             camera_aggregate=aggregate, num_cameras=spec["num_cameras"])
     print(dataset.summary())
     for split, m in metrics.items():
         print(f"{split}: {format_metrics(m)} rank5={100 * m.get('rank5', float('nan')):.1f} "
@@ -125,18 +125,18 @@ def _check_args(args) -> None:
 
 def _backbone_net(path):
     from timm_reid.backbone import load_backbone
-    from timm_reid.train.model import ReIDNet
 
     backbone = load_backbone(path)
     record = backbone.timm_reid_backbone
     spec = {"input_size": tuple(record["input_size"]), "num_cameras": record["patch"].get("num_cameras"),
-            "camera_aggregate": False, "train_args": None}
-    return ReIDNet(backbone), spec
+            "camera_aggregate": False, "train_args": None, "protocol": "reid"}
+    return backbone, spec
 
 
 def _checkpoint_net(path):
-    from timm_reid.train.checkpoint import load_checkpoint
-    from timm_reid.train.pipeline import build_net_from_args
+    """The backbone of a ``timm_reid.train`` checkpoint, rebuilt from its stored options (the heads
+    a checkpoint also holds play no part in retrieval)."""
+    from timm_reid._run import load_checkpoint
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
@@ -146,18 +146,30 @@ def _checkpoint_net(path):
         raise
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         raise ValueError(f"{path} is not a readable timm-reid checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "args" not in state or "model" not in state:
-        raise ValueError(f"{path} is not a timm_reid.train checkpoint (no 'args'/'model' entries)")
     a = argparse.Namespace(**state["args"])
     num_cameras = state.get("num_cameras", getattr(a, "synthetic_cameras", None))
-    a.device = "cpu"
-    net = build_net_from_args(a, num_cameras, initial_weights=False)
-    net.set_heads(state["head_sizes"])
-    net.load_state_dict(state["model"])
+    backbone = _stored_backbone(a, num_cameras, state["model"], path)
     spec = {"input_size": (a.height, a.width), "num_cameras": num_cameras if a.tnorm else None,
             "camera_aggregate": bool(getattr(a, "camera_aggregate", False)), "train_args": a,
-            "checkpoint": path}
-    return net, spec
+            "checkpoint": path, "protocol": state.get("evaluation", "reid")}  # the method's test protocol
+    return backbone, spec
+
+
+def _stored_backbone(train_args, num_cameras, model_state, path):
+    """``create_model`` with the run's model flags (``--aibn-KEY`` / ``--tnorm-KEY`` / ``--KEY`` name
+    the patch option ``KEY``: ``PatchOptions.from_flags``), loaded with the ``backbone.*`` weights."""
+    from timm_reid.factory import create_model
+    from timm_reid.options import PatchOptions
+
+    flags = argparse.Namespace(**{k: v for k, v in vars(train_args).items()
+                                  if k in ("aibn", "tnorm", "last_stride") or k.startswith(("aibn_", "tnorm_"))})
+    backbone = create_model(train_args.model, PatchOptions.from_flags(flags, num_cameras), num_classes=0)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no backbone weights (no 'backbone.*' entries in its model)")
+    backbone.load_state_dict(weights)
+    return backbone
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -220,10 +232,9 @@ def _load_synthetic(root, spec):
 
 
 def _write_json(metrics, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, path)
+    from timm_reid._run import write_json
+
+    write_json(metrics, path)
 
 
 if __name__ == "__main__":

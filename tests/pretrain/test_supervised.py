@@ -124,6 +124,6 @@ def test_a_run_that_failed_before_training_can_be_started_again(tmp_path, capsys
     run = tmp_path / "run"
     argv = ["--method", "isr", "--output", str(run), "--no-progress"]
     assert cli(argv + ["--data", str(tmp_path / "missing")]) == 2
-    assert (run / "config.json").is_file() and not (run / "last.pth").exists()
+    assert (run / "config.yaml").is_file() and not (run / "last.pth").exists()
     assert cli(argv + ["--data", str(tmp_path / "missing-too")]) == 2
     assert "missing-too" in capsys.readouterr().err  # not refused as a non-empty folder

@@ -70,7 +70,9 @@ def test_auto_in_a_config_file_is_checked(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text("eps: auto\nintra_clusters: auto\ninter_clusters: 50\n")
     bad.write_text("eps: sometimes\n")
-    args = parse_args(["--method", "ice", "--config", str(good)])
-    assert (args.eps, args.intra_clusters, args.inter_clusters) == ("auto", "auto", 50)
+    args = parse_args(["--method", "ice", "--config", str(good)])  # the IICS options: checked, not ICE's
+    assert args.eps == "auto" and not hasattr(args, "intra_clusters")
+    args = parse_args(["--method", "iics", "--config", str(good)])
+    assert (args.intra_clusters, args.inter_clusters) == ("auto", 50)
     with pytest.raises(ConfigError, match="eps.*expected 'auto' or a number"):
         parse_args(["--method", "ice", "--config", str(bad)])

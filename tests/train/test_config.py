@@ -1,18 +1,20 @@
 """Options: presets, YAML files and flags, and early errors for inconsistent options."""
 import pytest
 
-from timm_reid.train.config import PRESETS, check_args, get_args_parser, parse_args, save_config
+from timm_reid.train.config import check_args, get_args_parser, parse_args, save_config
+from timm_reid.train.methods import method_names, preset_names
 
 
-def test_help_documents_every_option_with_its_default():
-    text = get_args_parser().format_help()
-    for action in get_args_parser()._actions:
+@pytest.mark.parametrize("method", method_names())
+def test_help_documents_every_option_with_its_default(method):
+    text = get_args_parser().format_help()  # every method's group, whichever parses
+    for action in get_args_parser(method=method)._actions:
         if action.option_strings and action.dest != "help":
             assert action.option_strings[-1] in text
             assert action.help, f"{action.dest} has no help text"
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", preset_names())
 def test_presets_load(preset):
     args = parse_args(["--preset", preset])
     check_args(args)

@@ -7,7 +7,8 @@ import torch
 
 from timm_reid.factory import create_model
 from timm_reid.train.diagnostics import cluster_quality, label_stats, same_camera_top1
-from timm_reid.train.engine import _forward_by_camera, center_per_camera
+from timm_reid.train.features import center_per_camera
+from timm_reid.train.iics import _forward_by_camera
 from timm_reid.train.losses import triplet_loss
 from timm_reid.train.model import Head, ReIDNet
 

@@ -70,4 +70,4 @@ def test_isr_with_one_image_per_super_frame_is_refused(tmp_path, capsys):
 
 def test_pretrain_resume_refuses_options_it_would_ignore(tmp_path, capsys):
     _pretrain_refused(["--resume", str(tmp_path), "--epochs", "5", "--lr", "0.5", "--threads", "1"], capsys,
-                      "these would be ignored: --epochs, --lr")
+                      "would be ignored: --epochs, --lr")

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.train.tiny import TINY_DATA, tiny_argv
-from timm_reid.train import engine, main, parse_args
+from timm_reid.train import iics, main, parse_args
 from timm_reid.train.checkpoint import load_checkpoint
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -76,7 +76,7 @@ def test_resume_equals_uninterrupted_run(market_dir, tmp_path, monkeypatch):
     argv = ["--dataset", "market1501", "--root", str(market_dir), "--rounds", "2", "--seed", "5"]
     full = main(parse_args(tiny_argv(tmp_path / "full", *argv)))
 
-    real_inter = engine.run_inter_stage
+    real_inter = iics.run_inter_stage
     calls = []
 
     def interrupt_in_round_2(*args, **kwargs):
@@ -86,12 +86,12 @@ def test_resume_equals_uninterrupted_run(market_dir, tmp_path, monkeypatch):
         return real_inter(*args, **kwargs)
 
     run = tmp_path / "resumed"
-    monkeypatch.setattr(engine, "run_inter_stage", interrupt_in_round_2)
+    monkeypatch.setattr(iics, "run_inter_stage", interrupt_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         main(parse_args(tiny_argv(run, *argv)))
     assert (run / "interrupted.pth").is_file()
     assert load_checkpoint(run / "last.pth")["next"] == [1, 1]  # round 2, inter stage
-    monkeypatch.setattr(engine, "run_inter_stage", real_inter)
+    monkeypatch.setattr(iics, "run_inter_stage", real_inter)
     resumed = main(parse_args(["--resume", str(run), "--threads", "1", "--no-progress"]))
 
     for which in ("initial", "final"):

@@ -2,7 +2,7 @@
 and exit status 2, not a traceback."""
 import sys
 
-from timm_reid.data.image_dataset import ImageReadError
+from timm_reid._run import USER_ERRORS
 from timm_reid.pretrain.config import check_resume_options, explicit_options, get_args_parser
 from timm_reid.pretrain.run import main
 
@@ -12,8 +12,7 @@ def cli(argv=None) -> int:
     try:
         check_resume_options(args.resume, explicit_options(argv if argv is not None else sys.argv[1:]))
         main(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            ImageReadError) as err:
+    except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

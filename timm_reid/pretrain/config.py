@@ -10,6 +10,7 @@ import argparse
 import math
 
 from timm_reid._cli import default_device, runtime_problems
+from timm_reid._run import refuse_flags_ignored_by_resume
 from timm_reid.options import PatchOptions
 from timm_reid.surgery import ENTRIES
 
@@ -20,7 +21,7 @@ METHODS = ("supervised", "isr", "moco")
 # Options that may differ between the interrupted and the resuming command (how to run, not what).
 RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
 
-# Sizes for 2 CPU cores: see README "Pretraining" for what each takes on one thread.
+# Sizes for 2 CPU cores: see docs/training.md "Pretrain without downloads" for what each takes on one thread.
 METHOD_DEFAULTS = {
     "supervised": {"epochs": 80, "lr": 1e-3, "batch_size": 64},
     "isr": {"epochs": 20, "lr": 1e-3, "batch_size": 80},
@@ -118,13 +119,9 @@ def explicit_options(argv) -> set:
 
 
 def check_resume_options(resume, given) -> None:
-    """With ``--resume`` only the runtime options may be given: the others would be ignored."""
-    ignored = sorted(set(given) - set(RUNTIME_OPTIONS) - {"resume", "output"})
-    if resume is not None and ignored:
-        raise ValueError(f"--resume {resume} continues the run with the options stored in it, so these would be "
-                         f"ignored: {', '.join('--' + k.replace('_', '-') for k in ignored)}. Drop them (only "
-                         f"{', '.join('--' + k.replace('_', '-') for k in RUNTIME_OPTIONS)} may change on resume), "
-                         "or start a new run with --output.")
+    """With ``--resume`` only the runtime options may be given: the others would be ignored
+    (:class:`~timm_reid._run.ConfigError`; ``output`` is where the run already is)."""
+    refuse_flags_ignored_by_resume(resume, set(given) - {"output"}, RUNTIME_OPTIONS)
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:

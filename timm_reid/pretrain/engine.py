@@ -8,29 +8,30 @@ with ``torch.load(..., weights_only=True)``).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
 from typing import Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from timm_reid._records import check_stored_options, options_entry
-from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
+from timm_reid._run import (CHECKPOINT_FILE, RunFolder, atomic_save, derive_seed, load_checkpoint, seed_everything,
+                            write_json, write_jsonl)
+from timm_reid._runlock import RunLock
 from timm_reid.distributed import LOCAL, Dist
 
 __all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
-           "load_state", "seed_all", "CHECKPOINT_FILE"]
+           "load_state", "seed_all", "CHECKPOINT_FILE", "RUNS"]
 
-CHECKPOINT_FILE = "last.pth"
-_RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT_FILE, "backbone.safetensors")
-# What a run that stopped before its first epoch leaves: starting it again reuses the data.
-_UNSTARTED = {"config.json", "source-data", "video-data"}
+# config.json: the config file before pretraining shared the run layer's config.yaml (old folders).
+RUNS = RunFolder(run_files=("config.yaml", "config.json", "metrics.jsonl", CHECKPOINT_FILE, "final_metrics.json",
+                            "backbone.safetensors"),
+                 # what a run that stopped before its first epoch leaves: starting it again reuses the data
+                 restartable=frozenset({"config.yaml", "config.json", "source-data", "video-data"}),
+                 writer="timm_reid.pretrain")
 
 
 class Task:
@@ -80,67 +81,23 @@ def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
+    return derive_seed(seed, ((epoch, 7919),), salt=17)
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_jsonl(records, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+seed_all = seed_everything  # the name benchmarks and older code import
 
 
 def prepare_run_dir(path: str, *, resuming: bool, lock: RunLock | None = None) -> str:
     """Create ``path`` (holding ``lock``, a :class:`RunLock` on it, from here on); refuse a
     non-empty folder unless resuming a run of ours (a run that stopped before its first checkpoint,
     holding only its config and generated data, restarts; a data generator killed there left a
-    temporary folder, which is removed)."""
-    if resuming:
-        if not os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
-            raise FileNotFoundError(f"--resume {path}: no {CHECKPOINT_FILE} there; is it a pretraining run folder?")
-        if lock is not None:
-            lock.acquire()
-        return path
-    _check_run_dir(path)  # before the lock adds its file to a folder we refuse
-    if lock is not None:
-        lock.acquire()
-        remove_stale_temporaries(path)
-    _check_run_dir(path)
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _check_run_dir(path: str) -> None:
-    entries = {n for n in os.listdir(path) if not is_bookkeeping(n)} if os.path.isdir(path) else set()
-    if entries and not entries <= _UNSTARTED:
-        ours = any(os.path.exists(os.path.join(path, f)) for f in _RUN_FILES)
-        hint = (f"continue it with --resume {path} or" if ours else "it holds files that are not a run's;")
-        raise FileExistsError(f"--output {path} is not empty: {hint} choose another --output")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"--output {path} is a file, not a folder")
+    temporary folder, which is removed). See :class:`timm_reid._run.RunFolder`."""
+    return RUNS.prepare(path, resuming=resuming, lock=lock)
 
 
 def load_state(run_dir: str) -> dict:
-    return torch.load(os.path.join(run_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    return load_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), required=("args", "modules"),
+                           writer="timm_reid.pretrain")
 
 
 def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, weight_decay: float,
@@ -162,7 +119,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         history, start_epoch, elapsed = state["history"], state["epoch"], state["elapsed"]
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
-        seed_all(epoch_seed(seed, epoch))
+        seed_everything(epoch_seed(seed, epoch))
         task.modules.train()
         sums, count = {}, 0
         bar = tqdm(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
@@ -192,7 +149,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         history.append(record)
         if not dist.is_main:
             continue
-        _write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
+        write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
         atomic_save({"args": args_dict, "modules": task.modules.state_dict(), **options_entry(task.modules["backbone"]),
                      "optimizer": optimizer.state_dict(), "task": task.extra_state(),
                      "history": history, "epoch": epoch + 1, "elapsed": elapsed},

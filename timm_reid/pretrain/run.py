@@ -1,6 +1,7 @@
 """``main(args)``: set up the run directory, build the method's task, train, write the backbone.
 
-A run directory holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one line per
+A run directory holds ``config.yaml`` (the resolved options; ``config.json`` in folders written
+before pretraining shared the run layer, :mod:`timm_reid._run`), ``metrics.jsonl`` (one line per
 epoch), ``last.pth`` (resumable state, pickle-free), ``final_metrics.json`` and the result,
 ``backbone.safetensors`` (:func:`timm_reid.save_backbone`: rebuild with
 :func:`timm_reid.load_backbone`, or start ``python -m timm_reid.train --checkpoint-path`` from it).
@@ -13,13 +14,12 @@ import time
 
 import torch
 
-from timm_reid import distributed
-from timm_reid.pretrain.config import RUNTIME_OPTIONS, check_args, check_resume_options, get_args_parser, resolve_args
+from timm_reid._run import resumed_options, seed_everything, session, write_config, write_json
 from timm_reid._runlock import RunLock
-from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir, seed_all, write_json
+from timm_reid.pretrain.config import RUNTIME_OPTIONS, check_args, check_resume_options, get_args_parser, resolve_args
+from timm_reid.pretrain.engine import fit, load_state, prepare_run_dir
 
 __all__ = ["main", "pretrain", "build_backbone"]
-
 
 
 def pretrain(method: str, *, output: str, pair_hook=None, **options) -> dict:
@@ -66,11 +66,8 @@ def _resume(args):
         return resolve_args(args), None
     prepare_run_dir(args.resume, resuming=True)
     state = load_state(args.resume)
-    stored = argparse.Namespace(**{**vars(get_args_parser().parse_args(["--method", "isr"])), **state["args"]})
-    for key in RUNTIME_OPTIONS:
-        setattr(stored, key, getattr(args, key))
-    stored.resume, stored.output = args.resume, args.resume
-    return stored, state
+    defaults = vars(get_args_parser().parse_args(["--method", "isr"]))  # options added since the checkpoint
+    return resumed_options(state["args"], args, defaults=defaults, runtime=RUNTIME_OPTIONS), state
 
 
 def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
@@ -79,12 +76,8 @@ def main(args: argparse.Namespace, *, pair_hook=None) -> dict:
     check_args(args)
     if state is None:
         preflight(args)
-    dist = distributed.init(args.device, args.dist_timeout)
-    try:
-        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
+    with session(args) as dist:
         return _run(args, state, dist, pair_hook)
-    finally:
-        distributed.shutdown(dist)
 
 
 def _run(args, state, dist, pair_hook):
@@ -101,11 +94,11 @@ def _train(args, state, dist, pair_hook, run_dir):
 
     args_dict = {k: v for k, v in vars(args).items() if k != "resume"}
     if state is None and dist.is_main:
-        write_json(args_dict, os.path.join(run_dir, "config.json"))
+        write_config(args_dict, os.path.join(run_dir, "config.yaml"))
     args.no_progress = args.no_progress or not dist.is_main  # one progress display per run
     torch.set_num_threads(args.threads or max((os.cpu_count() or 1) // dist.world_size, 1))
     start = time.perf_counter()
-    seed_all(args.seed)  # the initial weights; each epoch reseeds itself
+    seed_everything(args.seed)  # the initial weights; each epoch reseeds itself
     # rank 0 first: it generates the synthetic data the others then read
     built = _BUILDERS[args.method](args, run_dir, pair_hook) if dist.is_main else None
     dist.barrier()

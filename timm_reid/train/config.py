@@ -1,31 +1,35 @@
 """Command-line options of the training harness: argparse parser, YAML presets, resolution, checks.
 
-Precedence, lowest to highest: parser defaults < preset (``--preset NAME``, a YAML file shipped in
-``timm_reid/train/presets/``) < ``--config FILE`` < command-line flags. Config-file values are
-checked with the types and choices of the command line. The resolved options are written to
+Precedence, lowest to highest: parser defaults < preset (``--preset NAME``, a YAML file its method
+declares in ``PRESETS``) < ``--config FILE`` < command-line flags. Config-file values are checked
+with the types and choices of the command line. The resolved options are written to
 ``RUN_DIR/config.yaml`` and stored (as plain values) in every checkpoint.
 
-The shared groups (config, data, model, sampling, clustering, optimisation) are defined here; each
-method adds its own group ("method iics", "method ice", ...) from its module.
+The shared groups (config, data, model, sampling and evaluation, clustering, optimisation) are
+defined here; each method adds its own group ("method iics", "method ice", ...) from its module
+(:mod:`timm_reid.train.protocol`). A command line is read by a parser holding the shared groups
+and the chosen method's group only, so methods cannot collide on flag names (two may both have
+``--epochs``); the method is chosen first: ``--method``, else a ``--config`` file's ``method:``,
+else the owner of ``--preset``, else :data:`~timm_reid.train.methods.DEFAULT_METHOD`. A flag of
+another method is refused naming the method it belongs to. ``--help`` shows every method's group.
 """
 
 import argparse
 import math
 import os
+import sys
 import warnings
-from importlib import resources
 
 import yaml
 
 from timm_reid._cli import default_device, runtime_problems
+from timm_reid._run import refuse_flags_ignored_by_resume, write_config
 from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
-from timm_reid.train.methods import METHODS, get_method
+from timm_reid.train.methods import (DEFAULT_METHOD, all_methods, get_method, method_names, preset_names,
+                                     preset_owner, preset_path)
 from timm_reid.train.starting_points import STARTING_POINTS
 
-PRESETS = ("demo", "iics", "iids", "ice", "ice-demo")
-# Preset used when none is given: (without --dataset: synthetic data, with --dataset).
-DEFAULT_PRESETS = {"iics": ("demo", "iics"), "ice": ("ice-demo", "ice")}
 # Flags --resume honours (how to run, not what to train); any other flag is refused with it.
 RESUME_FLAGS = ("resume", "threads", "workers", "no_progress", "no_plots", "device", "dist_timeout")
 PROG = "python -m timm_reid.train"
@@ -39,27 +43,54 @@ def _dataset_names():
     return tuple(DATASETS)
 
 
-def get_args_parser(add_help=True):
+def get_args_parser(add_help=True, method=None):
+    """The parser of ``--method method`` (None: the default method): the shared groups and that
+    method's group. With ``add_help`` (the parser that prints ``--help``) the other methods' groups
+    are shown too; their flags are not parsed by it."""
+    method = method or DEFAULT_METHOD
+    parser = _shared_parser(add_help)
+    for module in all_methods():
+        if module.NAME == method:
+            module.add_arguments(parser)
+        elif add_help:
+            parser._action_groups.extend(_method_groups(module))  # shown in --help, never parsed
+    return parser
+
+
+def _shared_parser(add_help):
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False, add_help=add_help,
-        description="timm-reid: unsupervised person re-ID training (methods: " + ", ".join(METHODS) + ")",
+        description="timm-reid: unsupervised person re-ID training (methods: " + ", ".join(method_names()) + ")",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_config_arguments(parser)
     _add_data_arguments(parser)
     _add_model_arguments(parser)
     _add_training_arguments(parser)
-    for name in METHODS:
-        get_method(name).add_arguments(parser)
     return parser
+
+
+def _method_groups(module):
+    """The argument groups ``module.add_arguments`` adds, built on a parser of their own."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known = len(parser._action_groups)
+    module.add_arguments(parser)
+    return parser._action_groups[known:]
+
+
+def _method_options(module):
+    """``{dest: action}`` of a method's own options."""
+    return {a.dest: a for g in _method_groups(module) for a in g._group_actions}
 
 
 def _add_config_arguments(parser):
     g = parser.add_argument_group("config")
-    g.add_argument("--method", default="iics", choices=tuple(METHODS), help="training method (options below)")
-    g.add_argument("--preset", default=None, choices=PRESETS,
-                   help="YAML preset giving the defaults; None: 'demo' (iics) / 'ice-demo' (ice) without --dataset, "
-                        "'iics' / 'ice' with it")
+    g.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
+                   help="training method (its options below; None given: the --config file's or --preset's method)")
+    g.add_argument("--preset", default=None, choices=preset_names(),
+                   help="YAML preset giving the defaults, and the method that owns it; None: the method's default, "
+                        + ", ".join(f"{m.NAME}: '{m.DEFAULT_PRESETS[0]}' without --dataset, '{m.DEFAULT_PRESETS[1]}' "
+                                    "with it" for m in all_methods()))
     g.add_argument("--config", default=None, metavar="FILE", help="YAML file of option values (over the preset)")
     g.add_argument("--output", default=None, metavar="RUN_DIR",
                    help="run directory (None: runs/<preset>-seed<seed>); must be new or empty")
@@ -144,6 +175,8 @@ def _add_training_arguments(parser):
     g.add_argument("--eval-every", default=5, type=int,
                    help="evaluate on the test split every N rounds (ICE: epochs); diagnostic only, "
                         "0: only initial and final")
+    g.add_argument("--camera-aggregate", default=False, action=argparse.BooleanOptionalAction,
+                   help="IIDS: test features summed over TNorm conversions to every camera (needs --tnorm)")
     g = parser.add_argument_group("clustering (all methods)")
     g.add_argument("--k1", default=20, type=int, help="k-reciprocal re-ranking k1")
     g.add_argument("--k2", default=6, type=int, help="k-reciprocal re-ranking k2")
@@ -161,19 +194,14 @@ def _add_training_arguments(parser):
 
 def model_option_names(parser=None):
     """Dests of the "model" group: the only options ``pipeline.patch_options`` maps onto patch options."""
-    parser = parser or get_args_parser(add_help=False)
+    parser = parser or _shared_parser(add_help=False)
     group = next(g for g in parser._action_groups if g.title == "model")
     return {a.dest for a in group._group_actions}
 
 
 # ------------------------------------------------------------------------------------------ YAML files
 
-def preset_path(name):
-    return resources.files("timm_reid.train").joinpath("presets", f"{name}.yaml")
-
-
-def load_yaml(path, parser):
-    """Option values of a YAML file, checked like the command line (names, types, choices)."""
+def _read_mapping(path):
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
@@ -181,12 +209,37 @@ def load_yaml(path, parser):
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in values.items() if k not in RECORDED_ONLY}
+
+
+def load_yaml(path, parser):
+    """Option values of a YAML file, checked like the command line (names, types, choices).
+
+    A file may also hold options of other methods than the parser's (one file shared by several
+    methods; a run's ``config.yaml`` written before each method parsed its own options, which
+    records every method's defaults): they are checked with their own method's types and choices,
+    then left out, as the method being run never reads them."""
+    values = _read_mapping(path)
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    values = {str(k).replace("-", "_"): v for k, v in values.items() if k not in RECORDED_ONLY}
+    foreign = _options_of_other_methods(parser.get_default("method"))
+    for key in sorted(set(values) - set(actions) & set(foreign)):
+        _checked_value(foreign[key][1], values.pop(key), path)
     unknown = sorted(set(values) - set(actions))
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}; see {PROG} --help for the valid names")
     return {k: _checked_value(actions[k], v, path) for k, v in values.items()}
+
+
+def _options_of_other_methods(method):
+    """``{dest: (method name, action)}`` of the options only other methods than ``method`` have."""
+    own = set(_method_options(get_method(method)))
+    found = {}
+    for module in all_methods():
+        if module.NAME != method:
+            for dest, action in _method_options(module).items():
+                if dest not in own:
+                    found.setdefault(dest, (module.NAME, action))
+    return found
 
 
 def _checked_value(action, value, path):
@@ -244,29 +297,60 @@ def parse_args(argv=None):
     ``--help`` shows the defaults of the chosen preset (``--preset iids --help``). Errors in option
     values, config files or combinations raise :class:`ConfigError`.
     """
-    parser = get_args_parser()
-    first, _ = get_args_parser(add_help=False).parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = _first_pass(argv)
     _refuse_flags_ignored_by_resume(argv, first)
-    preset = first.preset or DEFAULT_PRESETS[first.method][0 if first.dataset is None else 1]
+    method = _chosen_method(first)
+    parser = get_args_parser(method=method)
+    preset = first.preset or get_method(method).DEFAULT_PRESETS[0 if first.dataset is None else 1]
     parser.set_defaults(**load_yaml(preset_path(preset), parser), preset=preset)
     if first.config is not None:
-        if not os.path.isfile(first.config):
-            raise ConfigError(f"--config {first.config}: no such file")
         values = load_yaml(first.config, parser)
         _refuse_resume_in_config_file(first.config, values)
         parser.set_defaults(**values)
-    args = parser.parse_args(argv)
-    if args.resume is None:
-        _refuse_options_of_other_methods(argv, args.method)
+    parser.set_defaults(method=method)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_unknown_flags(parser, extras, method)
     return args
 
 
+def _first_pass(argv):
+    """The shared options of ``argv`` (``method`` None unless given): what chooses the parser."""
+    parser = _shared_parser(add_help=False)
+    parser.set_defaults(method=None)
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None and not os.path.isfile(first.config):
+        raise ConfigError(f"--config {first.config}: no such file")
+    return first
+
+
+def _chosen_method(first):
+    """``--method``, else the ``--config`` file's ``method:``, else ``--preset``'s method, else the
+    default; a preset of another method than the chosen one is refused."""
+    from_config = _read_mapping(first.config).get("method") if first.config is not None else None
+    if from_config is not None and from_config not in method_names():
+        raise ConfigError(f"{first.config}: method: {from_config!r} is not one of {', '.join(method_names())}")
+    owner = preset_owner(first.preset).NAME if first.preset is not None else None
+    method = first.method or from_config or owner or DEFAULT_METHOD
+    if owner is not None and owner != method:
+        source = "--method" if first.method else f"method: in {first.config}"
+        raise ConfigError(f"--preset {first.preset} is a preset of method {owner}, not of method {method} "
+                          f"({source}); choose one of {', '.join(get_method(method).PRESETS)}, or train with "
+                          f"--method {owner}")
+    return method
+
+
 def _explicit_dests(argv):
-    """The options given on the command line ``argv`` itself (not by defaults, presets or files)."""
-    explicit = get_args_parser(add_help=False)
-    for action in explicit._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(explicit.parse_known_args(argv)[0]))
+    """The options given on the command line ``argv`` itself (not by defaults, presets or files),
+    whichever method they belong to."""
+    given = set()
+    for method in method_names():
+        explicit = get_args_parser(add_help=False, method=method)
+        for action in explicit._actions:
+            action.default = argparse.SUPPRESS
+        given |= set(vars(explicit.parse_known_args(argv)[0]))
+    return given
 
 
 def _refuse_resume_in_config_file(path, values):
@@ -277,37 +361,30 @@ def _refuse_resume_in_config_file(path, values):
                           "command line, or drop resume: to start a new run with these options")
 
 
-# Options of a method group that the shared harness reads for every method (evaluation).
-_READ_BY_EVERY_METHOD = {"camera_aggregate"}
-
-
-def _refuse_options_of_other_methods(argv, method):
-    groups = {g.title: {a.dest for a in g._group_actions} for g in get_args_parser(add_help=False)._action_groups}
-    own = groups.get(f"method {method}", set())
-    others = set().union(*(dests for title, dests in groups.items()
-                           if title.startswith("method ") and title != f"method {method}"))
-    foreign = sorted((_explicit_dests(argv) & others) - own - _READ_BY_EVERY_METHOD)
+def _refuse_unknown_flags(parser, extras, method):
+    """Flags the chosen method's parser does not know: those of another method are named with their
+    method (``ConfigError``); anything else is argparse's usage error (exit status 2)."""
+    owners = {}
+    for dest, (owner, action) in _options_of_other_methods(method).items():
+        for flag in action.option_strings:
+            owners.setdefault(flag, owner)
+    given = [token.split("=", 1)[0] for token in extras if token.startswith("--")]
+    foreign = {flag: owners[flag] for flag in given if flag in owners}
     if foreign:
-        flags = ", ".join("--" + d.replace("_", "-") for d in foreign)
-        raise ConfigError(f"{flags} belong(s) to another method than --method {method} and would be ignored; drop "
-                          f"them, or choose the method they belong to (see {PROG} --help, groups 'method ...')")
+        named = ", ".join(f"{flag} (method {owner})" for flag, owner in foreign.items())
+        raise ConfigError(f"{', '.join(foreign)} belong(s) to another method than --method {method} and would be "
+                          f"ignored: {named}; drop them, or choose the method they belong to (see {PROG} --help, "
+                          "groups 'method ...')")
+    parser.error(f"unrecognized arguments: {' '.join(extras)}")
 
 
 def _refuse_flags_ignored_by_resume(argv, first):
-    if first.resume is None:
-        return
-    given = sorted(_explicit_dests(argv) - set(RESUME_FLAGS))
-    if given:
-        flags = ", ".join("--" + g.replace("_", "-") for g in given)
-        raise ConfigError(f"--resume {first.resume} continues the run with the options stored in it, so these "
-                          f"flags would be ignored: {flags}. Drop them (only --threads, --workers, --device, "
-                          "--dist-timeout, --no-progress and --no-plots may change on resume), or start a new run "
-                          "with --output.")
+    if first.resume is not None:
+        refuse_flags_ignored_by_resume(first.resume, _explicit_dests(argv), RESUME_FLAGS)
 
 
 def save_config(args, path):
-    with open(path, "w") as f:
-        yaml.safe_dump(dict(sorted(vars(args).items())), f, sort_keys=False)
+    write_config(vars(args), path)
 
 
 def _check_patch_flags(args):
@@ -321,7 +398,7 @@ def _check_patch_flags(args):
 
 
 def warn_ineffective_options(args):
-    """Warn about options that are valid but change nothing here (README "Train" says so too)."""
+    """Warn about options that are valid but change nothing here (docs/training.md says so too)."""
     converts = getattr(args, "convert_prob", 0) > 0 or getattr(args, "camera_aggregate", False)
     if args.tnorm and args.tnorm_mode == "transform" and not converts:
         warnings.warn(f"--tnorm {' '.join(map(str, args.tnorm))} in --tnorm-mode transform changes no output "
@@ -360,6 +437,8 @@ def check_args(args):
         raise ConfigError(f"--calibrate-aibn must be >= 0 images, got {args.calibrate_aibn}")
     if args.calibrate_aibn and not args.aibn:
         raise ConfigError("--calibrate-aibn needs AIBN layers: add --aibn STAGE ...")
+    if args.camera_aggregate and not args.tnorm:
+        raise ConfigError("--camera-aggregate needs TNorm layers: add --tnorm STAGE ...")
     if args.calibrate_aibn_affine and not args.calibrate_aibn:
         raise ConfigError("--calibrate-aibn-affine refits during calibration: give --calibrate-aibn N too")
     warn_ineffective_options(args)

@@ -6,7 +6,8 @@ table with numpy, so scikit-learn is not needed at run time.
 """
 
 import numpy as np
-import torch
+
+from timm_reid.evaluation.metrics import same_camera_top1  # noqa: F401 (a diagnostic of the runs too)
 
 
 def _contingency(labels_true, labels_pred):
@@ -66,25 +67,3 @@ def label_stats(labels, camids=None):
         _, cams_per_cluster = np.unique(pairs[:, 0], return_counts=True)
         stats["multi_camera_share"] = float((cams_per_cluster > 1).mean())
     return stats
-
-
-def same_camera_top1(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids):
-    """Share of queries whose top-1 gallery match comes from the query's own camera.
-
-    Gallery entries with the query's identity *and* camera are excluded first (the evaluation
-    protocol), so a high share means the features retrieve by camera rather than by person.
-    Features are expected L2-normalised; the distance is cosine.
-    """
-    q = torch.as_tensor(query_features, dtype=torch.float32)
-    g = torch.as_tensor(gallery_features, dtype=torch.float32)
-    q_pids, g_pids = torch.as_tensor(q_pids), torch.as_tensor(g_pids)
-    q_camids, g_camids = torch.as_tensor(q_camids), torch.as_tensor(g_camids)
-    same_cam_hits = 0
-    for start in range(0, len(q), 1024):
-        sim = q[start:start + 1024] @ g.t()
-        qp, qc = q_pids[start:start + 1024, None], q_camids[start:start + 1024, None]
-        junk = (g_pids[None, :] == qp) & (g_camids[None, :] == qc)
-        sim = sim.masked_fill(junk, float("-inf"))
-        top = sim.argmax(1)
-        same_cam_hits += int((g_camids[top] == qc[:, 0]).sum())
-    return same_cam_hits / max(len(q), 1)

@@ -1,11 +1,6 @@
-"""Errors a user can fix: the command line prints them as one paragraph and exits with status 2."""
+"""Errors a user can fix: the command line prints them as one paragraph and exits with status 2
+(defined in the run layer, :mod:`timm_reid._run`, which pretraining shares)."""
 
+from timm_reid._run import CheckpointError, ConfigError
 
-class ConfigError(ValueError):
-    """An option value, an option combination or a config file that cannot work; the message
-    names the option, the value and the fix."""
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable timm-reid checkpoint (truncated, empty, foreign, or holding
-    objects that only unpickling could rebuild)."""
+__all__ = ["CheckpointError", "ConfigError"]

@@ -1,26 +1,10 @@
-"""Feature extraction and the clustering features every method uses (shared harness part)."""
+"""The clustering features every method uses (shared harness part); the extraction of records is
+:func:`timm_reid.evaluation.splits.extract_records`."""
 
 import numpy as np
-from torch.utils.data import DataLoader
 
-from timm_reid.data import ImageDataset
 from timm_reid.distributed import LOCAL
-from timm_reid.evaluation import extract_features
-
-
-def extract(net, records, *, transform, batch_size, workers, normalize=True, camera_aggregate=False,
-            num_cameras=None, progress=False, dist=LOCAL):
-    """Flip-averaged features of ``records`` as numpy arrays ``(features, pids, camids)``; under
-    torchrun each process extracts its share of ``records`` and every process gets all rows."""
-    records = list(records)[dist.shard(len(records))] if dist.active else records
-    loader = DataLoader(ImageDataset(records, transform), batch_size=batch_size, num_workers=workers)
-    feats, pids, camids = extract_features(net, loader, flip=True, normalize=normalize,
-                                           camera_aggregate=camera_aggregate, num_cameras=num_cameras,
-                                           progress=progress)
-    if dist.active:  # the collectives need the tensors on the process's device
-        device = next(net.parameters()).device
-        feats, pids, camids = (dist.gather_rows(t.to(device)).cpu() for t in (feats, pids, camids))
-    return feats.numpy(), pids.numpy(), camids.numpy()
+from timm_reid.evaluation.splits import extract_records as extract  # the one extraction of records
 
 
 def l2_normalize(x):

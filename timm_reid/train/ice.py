@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from timm_reid._run import derive_seed
 from timm_reid.cluster import dbscan_auto, dbscan_jaccard
 from timm_reid.data import ImageDataset, RandomIdentitySampler
 from timm_reid.train.auto_options import is_auto, number_or_auto
@@ -46,6 +47,9 @@ from timm_reid.train.losses import (hard_instance_loss, proxy_agnostic_loss, pro
 from timm_reid.train.model import build_optimizer
 
 NAME = "ice"
+PRESETS = {"ice-demo": "presets/ice-demo.yaml", "ice": "presets/ice.yaml"}
+DEFAULT_PRESETS = ("ice-demo", "ice")  # (without --dataset: synthetic data, with --dataset)
+EVALUATION = "reid"
 log = logging.getLogger("timm_reid.train")
 
 
@@ -161,7 +165,7 @@ class ThreeViews:
 
 
 def epoch_seed(seed, epoch):
-    return (seed * 1_000_003 + epoch * 131 + 11) % (2**31)
+    return derive_seed(seed, ((epoch, 131),), salt=11)
 
 
 def warmup_factor(epoch, warmup_epochs):

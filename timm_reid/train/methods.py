@@ -1,21 +1,123 @@
-"""The registry of training methods: name -> module.
+"""The training methods, found in the package: a method is one module and nothing else.
 
-A method module defines ``NAME``, ``add_arguments(parser)`` (its own argument group, titled
-"method NAME"), ``check(args)``, ``check_data(args, dataset)`` and ``Trainer(ctx, args)`` (see
-:mod:`timm_reid.train.iics`). Adding a method means adding its module and one line here.
+A module of :mod:`timm_reid.train` is a method when its top level assigns ``NAME = "<name>"`` and
+defines ``Trainer`` (:mod:`timm_reid.train.protocol` lists what else it provides). Modules are
+found by reading the package's files (their syntax tree, without importing them) and imported
+only when asked for, so adding ``timm_reid/train/gur.py`` makes ``--method gur`` exist; there is
+no registry to edit.
+
+Order (``--method`` choices, ``--help`` groups): :data:`DEFAULT_METHOD` first, then by name.
 """
 
-from importlib import import_module
+from __future__ import annotations
 
-METHODS = {
-    "iics": "timm_reid.train.iics",
-    "ice": "timm_reid.train.ice",
-}
+import ast
+import os
+import sys
+from functools import lru_cache
+from importlib import import_module
+from pathlib import Path
+
+from timm_reid.train.errors import ConfigError
+from timm_reid.train.protocol import missing_attributes
+
+__all__ = ["DEFAULT_METHOD", "all_methods", "get_method", "method_names", "preset_names", "preset_owner",
+           "preset_path"]
+
+DEFAULT_METHOD = "iics"
+
+
+def _package_path():
+    # The package is always imported before its submodules; reading its __path__ at call time
+    # (not at import) lets a test extend it with a folder holding a toy method.
+    return tuple(sys.modules[__package__].__path__)
+
+
+def _declared_name(path):
+    """The ``NAME`` a module file assigns at top level if it also defines ``Trainer``, else None."""
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    name, trainer = None, False
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id == "NAME" and isinstance(node.value, ast.Constant):
+                name = node.value.value if isinstance(node.value.value, str) else None
+            if isinstance(target, ast.Name) and target.id == "Trainer":
+                trainer = True
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            trainer = True
+    return name if trainer else None
+
+
+@lru_cache(maxsize=8)
+def _discover(package_path):
+    """``{method name: dotted module}`` of the method modules in ``package_path``'s folders."""
+    found = {}
+    for folder in package_path:
+        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            stem, ext = os.path.splitext(entry)
+            if ext != ".py" or stem.startswith("_"):
+                continue
+            name = _declared_name(os.path.join(folder, entry))
+            if name is None:
+                continue
+            module = f"{__package__}.{stem}"
+            if name in found and found[name] != module:
+                raise RuntimeError(f"two training methods are named {name!r}: {found[name]} and {module}; "
+                                   "rename one (its NAME)")
+            found[name] = module
+    return dict(sorted(found.items(), key=lambda item: (item[0] != DEFAULT_METHOD, item[0])))
+
+
+def method_names():
+    """The ``--method`` names, default first."""
+    return tuple(_discover(_package_path()))
 
 
 def get_method(name):
-    if name not in METHODS:
-        from timm_reid.train.errors import ConfigError
+    """The module of method ``name``; :class:`ConfigError` for an unknown name, ``TypeError`` for a
+    module that lacks part of the protocol (a programming error in the method, named)."""
+    methods = _discover(_package_path())
+    if name not in methods:
+        raise ConfigError(f"unknown --method {name!r}; valid methods: {', '.join(methods)}")
+    module = import_module(methods[name])
+    missing = missing_attributes(module)
+    if missing:
+        raise TypeError(f"training method {name!r} ({module.__name__}) lacks {', '.join(missing)}; "
+                        "see timm_reid.train.protocol")
+    return module
 
-        raise ConfigError(f"unknown --method {name!r}; valid methods: {', '.join(METHODS)}")
-    return import_module(METHODS[name])
+
+def all_methods():
+    """Every method module, default first."""
+    return tuple(get_method(name) for name in method_names())
+
+
+def preset_owner(preset):
+    """The method module whose ``PRESETS`` holds ``preset``; :class:`ConfigError` naming the valid
+    presets otherwise. Preset names are unique across methods (a clash is an error)."""
+    owners = {}
+    for method in all_methods():
+        for name in method.PRESETS:
+            if name in owners:
+                raise RuntimeError(f"preset {name!r} is declared by both method {owners[name].NAME} and method "
+                                   f"{method.NAME}; rename one")
+            owners[name] = method
+    if preset not in owners:
+        raise ConfigError(f"unknown --preset {preset!r}; valid presets: "
+                          + "; ".join(f"{m.NAME}: {', '.join(m.PRESETS)}" for m in all_methods()))
+    return owners[preset]
+
+
+def preset_names():
+    """Every preset name, by method (default method first)."""
+    return tuple(name for method in all_methods() for name in method.PRESETS)
+
+
+def preset_path(preset):
+    """The YAML file of ``preset``: its method's ``PRESETS`` entry, relative to the method's folder."""
+    method = preset_owner(preset)
+    return Path(method.__file__).parent / method.PRESETS[preset]

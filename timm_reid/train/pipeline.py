@@ -17,28 +17,28 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from timm_reid import distributed
 from timm_reid._cli import check_backbone, check_output_folder, checked
-from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
-from timm_reid.data.image_dataset import ImageReadError
+from timm_reid._run import CHECKPOINT_FILE, USER_ERRORS, RunFolder, resumed_options, session
+from timm_reid._runlock import RunLock
+from timm_reid.evaluation.splits import evaluate_split, format_metrics
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
-from timm_reid.train.config import PROG, check_args, model_option_names, parse_args, save_config
+from timm_reid.train.config import (PROG, RESUME_FLAGS, check_args, get_args_parser, model_option_names, parse_args,
+                                    save_config)
 from timm_reid.train.context import Context, OptimOptions
-from timm_reid.train.diagnostics import same_camera_top1
-from timm_reid.train.errors import CheckpointError, ConfigError
-from timm_reid.train.features import extract
+from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import get_method
 from timm_reid.train.model import ReIDNet
 
 log = logging.getLogger("timm_reid.train")
 
 # Files a run writes into its directory (``--overwrite`` replaces exactly these).
-RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "last.pth", "interrupted.pth", "final.pth",
+RUN_FILES = ("config.yaml", "log.txt", "metrics.jsonl", CHECKPOINT_FILE, "interrupted.pth", "final.pth",
              "final_metrics.json", "backbone.safetensors", "curves.png", "cmc.png", "embedding.png")
+RUNS = RunFolder(run_files=RUN_FILES, has_overwrite=True, writer="timm_reid.train")
 
 
 def main(args):
@@ -50,27 +50,25 @@ def main(args):
     check_args(args)
     if state is None:
         preflight(args)
-    dist = distributed.init(args.device, args.dist_timeout)
-    lock = RunLock(default_output(args))  # acquired by rank 0 only, the one writer
-    try:
-        args.device, args.world_size = distributed.local_device(args.device), dist.world_size
-        args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None, lock=lock)
-        handler = setup_logging(args.output) if dist.is_main else None
+    with session(args) as dist:
+        lock = RunLock(default_output(args))  # acquired by rank 0 only, the one writer
         try:
-            if state is None and args.init:
-                from timm_reid.train.starting_points import resolve_init
+            args.output = dist.on_main(prepare_run_dir, args, resuming=state is not None, lock=lock)
+            handler = setup_logging(args.output) if dist.is_main else None
+            try:
+                if state is None and args.init:
+                    from timm_reid.train.starting_points import resolve_init
 
-                args.checkpoint_path = resolve_init(args, dist)
-                if dist.is_main:
-                    save_config(args, os.path.join(args.output, "config.yaml"))
-            return _run(args, state, args.output, dist)
+                    args.checkpoint_path = resolve_init(args, dist)
+                    if dist.is_main:
+                        save_config(args, os.path.join(args.output, "config.yaml"))
+                return _run(args, state, args.output, dist)
+            finally:
+                if handler is not None:
+                    log.removeHandler(handler)
+                    handler.close()
         finally:
-            if handler is not None:
-                log.removeHandler(handler)
-                handler.close()
-    finally:
-        lock.release()
-        distributed.shutdown(dist)
+            lock.release()
 
 
 def resume_state(args):
@@ -78,15 +76,16 @@ def resume_state(args):
     line) and the last checkpoint; otherwise ``(args, None)``."""
     if args.resume is None:
         return args, None
-    path = os.path.join(args.resume, "last.pth")
+    path = os.path.join(args.resume, CHECKPOINT_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {args.resume}: no last.pth there; is it a run directory?")
+        raise FileNotFoundError(f"--resume {args.resume}: no {CHECKPOINT_FILE} there; is it a run directory?")
     state = load_checkpoint(path)
-    stored = type(args)(**{**vars(args), **state["args"]})  # options added since the checkpoint: defaults
-    for key in ("threads", "workers", "no_progress", "no_plots", "device", "dist_timeout"):
-        setattr(stored, key, getattr(args, key))
-    stored.resume, stored.output = args.resume, args.resume
-    return stored, state
+    # Options added since the checkpoint: defaults of the stored method's parser (the shared ones as
+    # this command line resolved them); a checkpoint written before each method parsed its own
+    # options also holds the other methods' defaults, which no method reads.
+    known = vars(get_args_parser(add_help=False, method=state["args"].get("method")).parse_args([]))
+    known.update((k, v) for k, v in vars(args).items() if k in known)
+    return resumed_options(state["args"], args, defaults=known, runtime=set(RESUME_FLAGS) - {"resume"}), state
 
 
 def default_output(args):
@@ -151,31 +150,15 @@ def _checked(check, what):
 
 def check_run_dir(args, *, resuming):
     """Refuse an output folder that holds files unless resuming or ``--overwrite``; returns its entries."""
-    present = sorted(n for n in os.listdir(args.output) if not is_bookkeeping(n)) if os.path.isdir(args.output) else []
-    if not resuming and present and not getattr(args, "overwrite", False):
-        shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
-        hint = f"continue it with --resume {args.output}, " if "last.pth" in present else ""
-        raise FileExistsError(f"--output {args.output} already holds files ({shown}); {hint}choose a new or "
-                              "empty --output, or pass --overwrite to replace the run files there "
-                              "(see --resume to continue a run)")
-    return present
+    return RUNS.check(args.output, resuming=resuming, overwrite=getattr(args, "overwrite", False))
 
 
 def prepare_run_dir(args, *, resuming, lock=None):
     """Create the run directory (holding ``lock``, a :class:`RunLock` on it, from here on); refuse
     one that holds files unless resuming or ``--overwrite``, which deletes the old run files only
-    now, after every check."""
+    now, after every check (:class:`timm_reid._run.RunFolder`); a new run's ``config.yaml``."""
     args.output = default_output(args)
-    check_run_dir(args, resuming=resuming)  # before the lock adds its file to a folder we refuse
-    if lock is not None:
-        lock.acquire()
-        remove_stale_temporaries(args.output)
-    present = check_run_dir(args, resuming=resuming)
-    if not resuming and present:
-        for name in RUN_FILES:
-            if name in present:
-                os.remove(os.path.join(args.output, name))
-    os.makedirs(args.output, exist_ok=True)
+    RUNS.prepare(args.output, resuming=resuming, overwrite=getattr(args, "overwrite", False), lock=lock)
     if not resuming:
         save_config(args, os.path.join(args.output, "config.yaml"))
     return args.output
@@ -202,14 +185,14 @@ def _run(args, state, run_dir, dist):
     log.info(ctx.dataset.summary())
     method.check_data(args, ctx.dataset)
     trainer = method.Trainer(ctx, args)
-    eval_kw = dict(transform=ctx.test_tf, batch_size=args.test_batch_size, workers=args.workers,
-                   camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras, dist=dist)
+    eval_kw = dict(protocol=method.EVALUATION, transform=ctx.test_tf, batch_size=args.test_batch_size,
+                   workers=args.workers, camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras, dist=dist)
 
     if state is None:
         log.info(f"run directory {run_dir}; method {args.method}; {dist.world_size} process(es); "
                  "evaluating the initial model")
         history, pending, position, elapsed = [], {}, trainer.start(), 0.0
-        initial = evaluate_splits(trainer.net, ctx.dataset, **eval_kw)
+        initial = evaluate_split(trainer.net, ctx.dataset, **eval_kw)
         log.info(f"initial: {format_metrics(initial['test'])}")
     else:
         check_stored_options(trainer.net.backbone, state, os.path.join(run_dir, "last.pth"))
@@ -221,8 +204,8 @@ def _run(args, state, run_dir, dist):
     def checkpoint(next_position, path="last.pth"):
         if not dist.is_main:
             return
-        atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
-                     **options_entry(trainer.net.backbone), "history": history,
+        atomic_save({"args": dict(vars(args)), "method": args.method, "evaluation": method.EVALUATION,
+                     **trainer.state_dict(), **options_entry(trainer.net.backbone), "history": history,
                      "pending": pending, "initial": initial, "next": list(next_position),
                      "elapsed": elapsed + time.time() - start}, os.path.join(run_dir, path))
 
@@ -234,7 +217,7 @@ def _run(args, state, run_dir, dist):
             if finished is not None:
                 record = {"round": finished, **pending}
                 if args.eval_every and finished % args.eval_every == 0 and finished < trainer.num_rounds:
-                    record.update(evaluate_splits(trainer.net, ctx.dataset, **eval_kw))
+                    record.update(evaluate_split(trainer.net, ctx.dataset, **eval_kw))
                 log.info(f"round {finished}/{trainer.num_rounds}: {format_record(record)}")
                 history.append(record)
                 if dist.is_main:
@@ -257,7 +240,7 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
     plots (written by rank 0 only; every rank returns the metrics)."""
     from timm_reid.backbone import BACKBONE_FILE, save_backbone
 
-    final = evaluate_splits(trainer.net, ctx.dataset, **eval_kw, keep_features=not args.no_plots)
+    final = evaluate_split(trainer.net, ctx.dataset, **eval_kw, keep_features=not args.no_plots)
     features = final.pop("_features", None)
     result = {"initial": summary(initial), "final": summary(final), "method": args.method,
               "rounds": trainer.num_rounds, **trainer.summary(), "world_size": ctx.dist.world_size,
@@ -267,8 +250,8 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
     if history:
         history[-1].update({k: v for k, v in final.items()})
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
-    atomic_save({"args": dict(vars(args)), "method": args.method, **trainer.state_dict(),
-                 **options_entry(trainer.net.backbone), "num_cameras": ctx.num_cameras},
+    atomic_save({"args": dict(vars(args)), "method": args.method, "evaluation": eval_kw["protocol"],
+                 **trainer.state_dict(), **options_entry(trainer.net.backbone), "num_cameras": ctx.num_cameras},
                 os.path.join(run_dir, "final.pth"))
     save_backbone(trainer.net.backbone, os.path.join(run_dir, BACKBONE_FILE), model_name=args.model,
                   input_size=(args.height, args.width),
@@ -411,50 +394,6 @@ def _warn_if_calibration_changes_nothing(backbone, *, refit):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-def evaluate_splits(net, dataset, *, keep_features=False, **kw):
-    """``{"test": metrics}`` (query vs gallery) plus ``{"val": metrics}`` when the dataset has a
-    validation split (evaluated against itself)."""
-    out = {}
-    if dataset.query and dataset.gallery:
-        out["test"] = evaluate_records(net, dataset.query, dataset.gallery, keep_features=keep_features, **kw)
-        if keep_features:
-            out["_features"] = out["test"].pop("_features")
-    if getattr(dataset, "val", None):
-        out["val"] = evaluate_records(net, dataset.val, dataset.val, **kw)
-    return out
-
-
-def evaluate_records(net, query, gallery, *, transform, batch_size, workers, camera_aggregate, num_cameras,
-                     keep_features=False, dist=distributed.LOCAL):
-    """mAP, CMC ranks, mINP and the same-camera top-1 share (fractions in [0, 1])."""
-    from timm_reid.evaluation import evaluate
-
-    records = list(query) + ([] if gallery is query else list(gallery))
-    feats, pids, camids = extract(net, records, transform=transform, batch_size=batch_size,
-                                         workers=workers, normalize=True, camera_aggregate=camera_aggregate,
-                                         num_cameras=num_cameras, dist=dist)
-    nq = len(query)
-    qf, qp, qc = feats[:nq], pids[:nq], camids[:nq]
-    gf, gp, gc = (qf, qp, qc) if gallery is query else (feats[nq:], pids[nq:], camids[nq:])
-    res = evaluate(query_features=torch.as_tensor(qf), gallery_features=torch.as_tensor(gf), q_pids=qp,
-                   g_pids=gp, q_camids=qc, g_camids=gc)
-    metrics = {k: _plain(v) for k, v in res.items()}
-    metrics["same_camera_top1"] = same_camera_top1(qf, gf, qp, gp, qc, gc)
-    if keep_features:
-        metrics["_features"] = (feats, pids, camids)
-    return metrics
-
-
-def _plain(v):
-    if torch.is_tensor(v):
-        v = v.detach().cpu().numpy()
-    if isinstance(v, np.ndarray):
-        return v.tolist() if v.ndim else v.item()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def summary(split_metrics):
     keys = ("mAP", "rank1", "rank5", "rank10", "mINP", "same_camera_top1")
     out = {k: split_metrics["test"][k] for k in keys if k in split_metrics.get("test", {})}
@@ -464,10 +403,6 @@ def summary(split_metrics):
 
 
 # ------------------------------------------------------------------------------------------------ output
-
-def format_metrics(m):
-    return " ".join(f"{k}={100 * m[k]:.1f}" for k in ("mAP", "rank1", "same_camera_top1") if k in m)
-
 
 def format_record(record):
     parts = []
@@ -505,7 +440,6 @@ def write_plots(run_dir, *, history, initial, final, features):
         plots.plot_embedding(*features, os.path.join(run_dir, "embedding.png"))
 
 
-USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ImageReadError, PermissionError)
 
 
 def cli(argv=None):

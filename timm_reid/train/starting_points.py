@@ -46,8 +46,8 @@ def resolve_init(args, dist):
 
 
 def _pretrain(args, run):
+    from timm_reid._run import CHECKPOINT_FILE
     from timm_reid.pretrain import pretrain
-    from timm_reid.pretrain.engine import CHECKPOINT_FILE
 
     options = dict(STARTING_POINTS[args.init])
     method = options.pop("method")
