@@ -18,7 +18,6 @@ Variants: ``gur`` (the ``gur-demo`` preset: BD + CAE + CLU), ``baseline`` (ADC o
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -47,24 +46,11 @@ def data_dir(root, seed):
 
 
 def build_args(method, preset, extra, data, seed):
-    from timm_reid.train import gur
-    import yaml
+    from timm_reid.train import parse_args
 
-    from timm_reid.train.config import get_args_parser, load_yaml, preset_path
-    from timm_reid.train.methods import METHODS
-
-    parser = get_args_parser()
-    if not any(g.title == "method gur" for g in parser._action_groups):  # not registered in the harness yet
-        gur.add_arguments(parser)
-    if method in METHODS:
-        values = load_yaml(preset_path(preset), parser)
-    else:  # before the harness knows the method: the preset without its method line
-        with open(preset_path(preset)) as f:
-            values = {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
-    parser.set_defaults(**values, preset=preset if method in METHODS else None)
-    argv = (["--method", method] if method in METHODS else []) + ["--dataset", "sysumm01", "--root", data, "--seed", str(seed), "--threads", "1",
-            "--no-progress", *extra]
-    return parser.parse_args(argv), argv
+    argv = ["--method", method, "--preset", preset, "--dataset", "sysumm01", "--root", data, "--seed", str(seed),
+            "--threads", "1", "--no-progress", *extra]
+    return parse_args(argv), argv
 
 
 def sysu_scores(net, ctx):
@@ -94,13 +80,13 @@ def run_one(variant, seed, data_root, run_root, more=()):
     import torch
 
     from timm_reid.train.checkpoint import seed_everything
-    from timm_reid.train.methods import METHODS
+    from timm_reid.train.methods import get_method
     from timm_reid.train.pipeline import build_context
 
     method, preset, extra = VARIANTS[variant]
     data = data_dir(data_root, seed)
     args, argv = build_args(method, preset, [*extra, *more], data, seed)
-    module = importlib.import_module(METHODS.get(method, f"timm_reid.train.{method}"))
+    module = get_method(method)
     module.check(args)
     torch.set_num_threads(1)
     seed_everything(args.seed)
@@ -161,7 +147,7 @@ def main(argv=None):
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--runs", default=os.path.join("runs", "gur-bench"))
     p.add_argument("--tag", default="", help="suffix of the variant name in the rows (e.g. a tuning probe)")
-    p.add_argument("--extra", default="", help="extra flags for every run (quoted), e.g. '--gur-epochs 4'")
+    p.add_argument("--extra", default="", help="extra flags for every run (quoted), e.g. '--epochs 4'")
     p.add_argument("--report", action="store_true")
     a = p.parse_args(argv)
     os.makedirs(a.results, exist_ok=True)

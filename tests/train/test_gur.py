@@ -106,20 +106,10 @@ def test_channel_exchange_draws_every_choice_uniformly():
 # ------------------------------------------------------------------------------------------ trainer
 
 def gur_args(vi_dir, output, *flags):
-    """Options of a tiny GUR run (the gur-demo preset at test sizes) and their Context."""
-    from timm_reid.train import gur
-    from timm_reid.train.config import get_args_parser, load_yaml, preset_path
-    from timm_reid.train.methods import METHODS
+    """Options of a tiny GUR run (the gur-demo preset at test sizes)."""
+    from timm_reid.train import parse_args
 
-    parser = get_args_parser()
-    if not any(g.title == "method gur" for g in parser._action_groups):
-        gur.add_arguments(parser)
-    values = load_yaml(preset_path("gur-demo"), parser) if "gur" in METHODS else _unregistered_preset("gur-demo")
-    parser.set_defaults(**values)
-    return parser.parse_args(["--dataset", "sysumm01", "--root", str(vi_dir), "--output", str(output),
-                              "--model", "test_convnext", "--height", "64", "--width", "32", "--batch-size", "8",
-                              "--num-instances", "2", "--k1", "5", "--k2", "2", "--threads", "1", "--no-progress",
-                              "--no-plots", "--test-batch-size", "64", *flags])
+    return parse_args(gur_argv(vi_dir, output, *flags))
 
 
 def gur_trainer(vi_dir, tmp_path, *flags):
@@ -169,22 +159,14 @@ def test_check_data_refuses_single_modality_data(market_dir, tmp_path):
         gur.check_data(args, build_dataset("market1501", market_dir))
 
 
-def _unregistered_preset(name):
-    import yaml
-
-    from timm_reid.train.config import preset_path
-
-    with open(preset_path(name)) as f:
-        return {k: v for k, v in yaml.safe_load(f).items() if k != "method"}
-
 
 # ------------------------------------------------------------------------------------------ end to end
 
 def gur_argv(vi_dir, output, *extra):
     """A 1-2 epoch GUR run of seconds on the tiny VI data (the gur-demo preset at test sizes)."""
-    return ["--method", "gur", "--dataset", "sysumm01", "--root", str(vi_dir), "--output", str(output),
-            "--model", "test_convnext", "--batch-size", "8", "--num-instances", "2", "--k1", "5", "--k2", "2",
-            "--camera-iters", "2", "--modality-iters", "2", "--joint-iters", "2", "--gur-epochs", "1",
+    return ["--method", "gur", "--preset", "gur-demo", "--dataset", "sysumm01", "--root", str(vi_dir),
+            "--output", str(output), "--model", "test_convnext", "--batch-size", "8", "--num-instances", "2", "--k1", "5", "--k2", "2",
+            "--camera-iters", "2", "--modality-iters", "2", "--joint-iters", "2", "--epochs", "1",
             "--clu-epochs", "1", "--clu-smooth-epochs", "0", "--threads", "1", "--no-progress", "--no-plots",
             "--test-batch-size", "64", *extra]
 
@@ -222,7 +204,7 @@ def test_gur_resume_equals_uninterrupted_run(vi_dir, tmp_path, monkeypatch):
     from timm_reid.train import gur, main, parse_args
     from timm_reid.train.checkpoint import load_checkpoint
 
-    argv = ["--gur-epochs", "2", "--clu-epochs", "1", "--seed", "4"]
+    argv = ["--epochs", "2", "--clu-epochs", "1", "--seed", "4"]
     full = main(parse_args(gur_argv(vi_dir, tmp_path / "full", *argv)))
     real_step, calls = gur.Trainer.step, []
 

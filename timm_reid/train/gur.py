@@ -69,7 +69,7 @@ from timm_reid.train.model import build_optimizer
 
 NAME = "gur"
 EVALUATION = "sysumm01"
-PRESETS = {"gur": "gur.yaml", "gur-demo": "gur-demo.yaml"}
+PRESETS = {"gur-demo": "presets/gur-demo.yaml", "gur": "presets/gur.yaml"}
 DEFAULT_PRESETS = ("gur-demo", "gur")  # (without --dataset, with --dataset)
 STAGES = ("camera", "modality", "joint")
 log = logging.getLogger("timm_reid.train")
@@ -77,7 +77,7 @@ log = logging.getLogger("timm_reid.train")
 
 @dataclass(frozen=True)
 class Options:
-    gur_epochs: int
+    epochs: int
     camera_iters: int
     modality_iters: int
     joint_iters: int
@@ -97,7 +97,7 @@ class Options:
     modality_eps: object
     joint_eps: object
     camera_min_samples: int
-    gur_min_samples: int
+    min_samples: int
     lr_step: int
 
     @classmethod
@@ -111,7 +111,7 @@ def add_arguments(parser):
                                                 "(--method gur; presets gur, gur-demo)")
     bool_flag = dict(action=argparse.BooleanOptionalAction)
     eps = number_or_auto(float)
-    g.add_argument("--gur-epochs", default=50, type=int, help="epochs; each runs the bottom-up stages once")
+    g.add_argument("--epochs", default=50, type=int, help="epochs; each runs the bottom-up stages once")
     g.add_argument("--camera-iters", default=100, type=int, help="ADC iterations of the intra-camera stage per epoch")
     g.add_argument("--modality-iters", default=200, type=int,
                    help="ADC iterations of the inter-camera (within each modality) stage per epoch")
@@ -143,13 +143,19 @@ def add_arguments(parser):
     g.add_argument("--modality-eps", default=0.6, type=eps, help="DBSCAN eps of the inter-camera stage, or auto")
     g.add_argument("--joint-eps", default=0.6, type=eps, help="DBSCAN eps of the inter-modality stage, or auto")
     g.add_argument("--camera-min-samples", default=4, type=int, help="DBSCAN min samples within one camera")
-    g.add_argument("--gur-min-samples", default=4, type=int,
+    g.add_argument("--min-samples", default=4, type=int,
                    help="DBSCAN min samples of the inter-camera and inter-modality stages")
     g.add_argument("--lr-step", default=20, type=int, help="learning rate / 10 every N epochs (0: constant)")
 
 
 def check(args):
-    for name in ("gur_epochs", "clu_k", "camera_min_samples", "gur_min_samples"):
+    if args.dataset in (None, "synthetic", "regdb"):
+        what = "RegDB is not scored by GUR's protocol (SYSU-MM01) yet" if args.dataset == "regdb" else \
+            "the built-in synthetic data is single-modality"
+        raise ConfigError(f"--method gur needs SYSU-MM01-layout visible-infrared data ({what}): pass --dataset "
+                          "sysumm01 --root DIR, e.g. DIR written by `python -m timm_reid.data.synthetic --out DIR "
+                          "--modality vi`")
+    for name in ("epochs", "clu_k", "camera_min_samples", "min_samples"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("camera_iters", "modality_iters", "joint_iters", "clu_epochs", "clu_smooth_epochs", "lr_step",
@@ -159,8 +165,8 @@ def check(args):
     if args.clu_smooth_epochs > args.clu_epochs:
         raise ConfigError(f"--clu-smooth-epochs {args.clu_smooth_epochs} exceeds --clu-epochs {args.clu_epochs}: "
                           "smoothing is part of CLU; raise --clu-epochs or lower --clu-smooth-epochs")
-    if args.clu_epochs > args.gur_epochs:
-        raise ConfigError(f"--clu-epochs {args.clu_epochs} exceeds --gur-epochs {args.gur_epochs}")
+    if args.clu_epochs > args.epochs:
+        raise ConfigError(f"--clu-epochs {args.clu_epochs} exceeds --epochs {args.epochs}")
     for name in ("sigma", "temp"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ConfigError(f"--{name} must be a finite number > 0, got {getattr(args, name)}")
@@ -194,8 +200,8 @@ def check_data(args, dataset):
         raise ConfigError(f"{where}: camera(s) {sorted(both)} hold visible and infrared images; each camera "
                           "must record one modality (the dual-stream backbone routes by camera)")
     n = min(sum(modality_of(r) == m for r in dataset.train) for m in (VISIBLE, INFRARED))
-    if args.gur_min_samples > n:
-        raise ConfigError(f"--gur-min-samples {args.gur_min_samples} exceeds the {n} training images of the "
+    if args.min_samples > n:
+        raise ConfigError(f"--min-samples {args.min_samples} exceeds the {n} training images of the "
                           f"smaller modality of {dataset.name}")
 
 
@@ -249,7 +255,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, opt=o.opt, lr=o.lr, backbone_lr_mult=o.backbone_lr_mult,
                                          weight_decay=o.weight_decay, momentum=o.momentum)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.num_rounds = self.opts.gur_epochs
+        self.num_rounds = self.opts.epochs
         self.channel_exchange = ChannelExchange(gray=self.opts.channel_gray) if self.opts.channel_aug else None
         train = ctx.dataset.train
         self.modality = np.array([modality_of(r) for r in train])
@@ -260,7 +266,7 @@ class Trainer:
         return (0, 0)
 
     def done(self, position):
-        return position[0] >= self.opts.gur_epochs
+        return position[0] >= self.opts.epochs
 
     def step_seed(self, position):
         return epoch_seed(self.seed, position[0])
@@ -270,7 +276,7 @@ class Trainer:
 
     def clu_phase(self, epoch):
         """``(transfer, smooth)``: whether CLU runs in ``epoch`` (0-based), and with smoothing."""
-        left = self.opts.gur_epochs - epoch
+        left = self.opts.epochs - epoch
         return left <= self.opts.clu_epochs, left <= self.opts.clu_smooth_epochs
 
     def step(self, position):
@@ -358,7 +364,7 @@ class Trainer:
                 banks = [camera_memories[c] for c in sorted(camera_memories) if self._modality_of_camera(c) == m]
                 if banks:
                     x = association_embedding(raw[idx], banks, sigma=opts.sigma).numpy()
-            labels[idx] = self._dbscan(x, opts.modality_eps, opts.gur_min_samples, "modality")
+            labels[idx] = self._dbscan(x, opts.modality_eps, opts.min_samples, "modality")
         vis, ir = (np.nonzero(self.modality == m)[0] for m in (VISIBLE, INFRARED))
         own = [centroids(raw[i], labels[i]) if (labels[i] >= 0).any() else None for i in (vis, ir)]
         self._label_record(record, "modality", labels)
@@ -396,7 +402,7 @@ class Trainer:
         banks = [b for b in modality_memories if b is not None]
         if opts.cae and banks:
             x = association_embedding(raw, banks, sigma=opts.sigma).numpy()
-        labels = self._dbscan(x, opts.joint_eps, opts.gur_min_samples, "joint")
+        labels = self._dbscan(x, opts.joint_eps, opts.min_samples, "joint")
         self._label_record(record, "joint", labels)
         keep = labels >= 0
         if keep.any():

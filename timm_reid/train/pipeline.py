@@ -243,6 +243,8 @@ def finish(args, run_dir, trainer, ctx, *, history, initial, wall, eval_kw):
     final = evaluate_split(trainer.net, ctx.dataset, **eval_kw, keep_features=not args.no_plots)
     features = final.pop("_features", None)
     result = {"initial": summary(initial), "final": summary(final), "method": args.method,
+              # the protocol as the evaluation names it ("sysumm01-all-single-shot"), else its key ("reid")
+              "protocol": final.get("test", {}).get("protocol", eval_kw["protocol"]),
               "rounds": trainer.num_rounds, **trainer.summary(), "world_size": ctx.dist.world_size,
               "wall_time_s": round(wall, 1)}
     if not ctx.dist.is_main:
