@@ -34,6 +34,8 @@ VARIANTS = {
     "bd-cae": ("gur", "gur-demo", ["--clu-epochs", "0", "--clu-smooth-epochs", "0"]),
     "ice": ("ice", "ice-demo", []),
 }
+# The same variants from the ISR starting point (--init isr), as "<variant>@isr".
+VARIANTS.update({f"{k}@isr": (m, p, [*e, "--init", "isr"]) for k, (m, p, e) in list(VARIANTS.items())})
 
 
 def data_dir(root, seed):
@@ -88,6 +90,11 @@ def run_one(variant, seed, data_root, run_root, more=()):
     args, argv = build_args(method, preset, [*extra, *more], data, seed)
     module = get_method(method)
     module.check(args)
+    if args.init:  # as pipeline.main: the cached starting point (made once into --init-cache)
+        from timm_reid.distributed import LOCAL
+        from timm_reid.train.starting_points import resolve_init
+
+        args.checkpoint_path = resolve_init(args, LOCAL)
     torch.set_num_threads(1)
     seed_everything(args.seed)
     ctx = build_context(args, os.path.join(run_root, f"{variant}-seed{seed}"), fresh=True)
@@ -122,7 +129,7 @@ def report(results):
     rows = [json.loads(line) for line in open(os.path.join(results, "runs.jsonl"))]
     by = {(r["variant"], r["seed"]): r for r in rows}
     lines = ["| variant | seed | all mAP | all rank-1 | indoor mAP | train s |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"])):
+    for r in sorted(rows, key=lambda r: (r["variant"], r["seed"])):
         f = r["final"]
         lines.append(f"| {r['variant']} | {r['seed']} | {100 * f['all']['mAP']:.1f} | {100 * f['all']['rank1']:.1f} "
                      f"| {100 * f['indoor']['mAP']:.1f} | {r['train_seconds']:.0f} |")

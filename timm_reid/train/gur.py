@@ -70,7 +70,9 @@ from timm_reid.train.model import build_optimizer
 NAME = "gur"
 EVALUATION = "sysumm01"
 PRESETS = {"gur-demo": "presets/gur-demo.yaml", "gur": "presets/gur.yaml"}
-DEFAULT_PRESETS = ("gur-demo", "gur")  # (without --dataset, with --dataset)
+# (without --dataset, with --dataset). GUR always needs --dataset sysumm01; its default is the demo, which runs
+# offline on the synthetic VI data; the paper preset (ImageNet ResNet-50: a download) is --preset gur.
+DEFAULT_PRESETS = ("gur-demo", "gur-demo")
 STAGES = ("camera", "modality", "joint")
 log = logging.getLogger("timm_reid.train")
 
