@@ -227,3 +227,27 @@ def test_gur_resume_equals_uninterrupted_run(vi_dir, tmp_path, monkeypatch):
     a, b = load_checkpoint(tmp_path / "full" / "final.pth"), load_checkpoint(run / "final.pth")
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--clu-smooth-epochs", "2", "--clu-epochs", "1"], "--clu-smooth-epochs 2 exceeds --clu-epochs 1"),
+    (["--memory-momentum", "1.0"], r"--memory-momentum must lie in \[0, 1\)"),
+    (["--modality-eps", "-1"], "--modality-eps must be auto or a finite number > 0"),
+])
+def test_bad_gur_options_are_refused_naming_the_flag(vi_dir, tmp_path, flags, message):
+    from timm_reid.train.errors import ConfigError
+    from timm_reid.train import gur
+
+    with pytest.raises(ConfigError, match=message):
+        gur.check(gur_args(vi_dir, tmp_path / "run", *flags))
+
+
+def test_gur_without_visible_infrared_data_exits_2_naming_the_fix(tmp_path, capsys):
+    from timm_reid.train.pipeline import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli(["--method", "gur", "--output", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dataset sysumm01 --root DIR" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
