@@ -13,7 +13,9 @@ def test_help_groups_options_under_each_method():
     assert "method iics:" in text and "method ice:" in text
     iics, ice = text.index("method iics:"), text.index("method ice:")
     assert iics < text.index("  --intra-clusters", iics) < ice < text.index("  --min-samples", ice)
-    assert text.index("  --min-samples") > ice  # not listed before its group
+    # not listed before the method groups (GUR, between them by name, has its own --min-samples)
+    assert text.index("  --min-samples") > min(iics, ice)
+    assert "method gur:" in text and text.index("  --sigma") > text.index("method gur:")
 
 
 @pytest.mark.parametrize("argv, method, preset", [
