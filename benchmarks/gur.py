@@ -128,18 +128,24 @@ def run_one(variant, seed, data_root, run_root, more=()):
 def report(results):
     rows = [json.loads(line) for line in open(os.path.join(results, "runs.jsonl"))]
     by = {(r["variant"], r["seed"]): r for r in rows}
-    lines = ["| variant | seed | all mAP | all rank-1 | indoor mAP | train s |", "|---|---|---|---|---|---|"]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    lines = ["| variant | seed | all mAP start -> end | all rank-1 | indoor mAP | visible-to-visible mAP | train s |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["variant"], r["seed"])):
-        f = r["final"]
-        lines.append(f"| {r['variant']} | {r['seed']} | {100 * f['all']['mAP']:.1f} | {100 * f['all']['rank1']:.1f} "
-                     f"| {100 * f['indoor']['mAP']:.1f} | {r['train_seconds']:.0f} |")
+        f, i = r["final"], r["initial"]
+        v2v = (f"{pct(i['visible_to_visible']['mAP'])} -> {pct(f['visible_to_visible']['mAP'])}"
+               if "visible_to_visible" in f and "visible_to_visible" in i else "-")
+        lines.append(f"| {r['variant']} | {r['seed']} | {pct(i['all']['mAP'])} -> {pct(f['all']['mAP'])} "
+                     f"| {pct(f['all']['rank1'])} | {pct(f['indoor']['mAP'])} | {v2v} | {r['train_seconds']:.0f} |")
     lines += ["", "Paired deltas (all-search mAP points, same seed):", ""]
-    for a, b in (("bd", "baseline"), ("bd-cae", "bd"), ("gur", "bd-cae"), ("gur", "baseline"), ("gur", "ice")):
-        pairs = [(s, by[(a, s)], by[(b, s)]) for (v, s) in by if v == a and (b, s) in by]
-        if pairs:
-            deltas = ", ".join(f"seed {s}: {100 * (x['final']['all']['mAP'] - y['final']['all']['mAP']):+.1f}"
-                               for s, x, y in sorted(pairs, key=lambda p: p[0]))
-            lines.append(f"- {a} - {b}: {deltas}")
+    for init in ("", "@isr"):
+        for a, b in (("bd", "baseline"), ("bd-cae", "bd"), ("gur", "bd-cae"), ("gur", "baseline"), ("gur", "ice")):
+            a_, b_ = a + init, b + init
+            pairs = sorted((s, by[(a_, s)], by[(b_, s)]) for (v, s) in by if v == a_ and (b_, s) in by)
+            if pairs:
+                deltas = ", ".join(f"seed {s}: {100 * (x['final']['all']['mAP'] - y['final']['all']['mAP']):+.1f}"
+                                   for s, x, y in pairs)
+                lines.append(f"- {a_} - {b_}: {deltas}")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(results, "tables.md"), "w") as f:
         f.write(text)
