@@ -86,7 +86,8 @@ def _method_options(module):
 def _add_config_arguments(parser):
     g = parser.add_argument_group("config")
     g.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
-                   help="training method (its options below; None given: the --config file's or --preset's method)")
+                   help="training method (its options below); without --method: the --config file's method:, else "
+                        "the method of --preset, else " + DEFAULT_METHOD)
     g.add_argument("--preset", default=None, choices=preset_names(),
                    help="YAML preset giving the defaults, and the method that owns it; None: the method's default, "
                         + ", ".join(f"{m.NAME}: '{m.DEFAULT_PRESETS[0]}' without --dataset, '{m.DEFAULT_PRESETS[1]}' "

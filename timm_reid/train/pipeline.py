@@ -395,7 +395,7 @@ def _warn_if_calibration_changes_nothing(backbone, *, refit):
 # ------------------------------------------------------------------------------------------------ evaluation
 
 def summary(split_metrics):
-    keys = ("mAP", "rank1", "rank5", "rank10", "mINP", "same_camera_top1")
+    keys = ("mAP", "rank1", "rank5", "rank10", "mINP", "same_camera_top1", "protocol")  # protocol: not reid
     out = {k: split_metrics["test"][k] for k in keys if k in split_metrics.get("test", {})}
     if "val" in split_metrics:
         out["val"] = {k: split_metrics["val"][k] for k in keys if k in split_metrics["val"]}
