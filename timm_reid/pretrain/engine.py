@@ -15,11 +15,11 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from timm_reid._records import check_stored_options, options_entry
-from timm_reid._run import (CHECKPOINT_FILE, RunFolder, atomic_save, derive_seed, load_checkpoint, seed_everything,
-                            write_json, write_jsonl)
+from timm_reid._run import (CHECKPOINT_FILE, RunFolder, atomic_save, derive_seed, load_checkpoint, progress_line,
+                            seed_everything, write_json, write_jsonl)
+from timm_reid._run import progress as progress_bar
 from timm_reid._runlock import RunLock
 from timm_reid.distributed import LOCAL, Dist
 
@@ -122,8 +122,7 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         seed_everything(epoch_seed(seed, epoch))
         task.modules.train()
         sums, count = {}, 0
-        bar = tqdm(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress)
         for i, batch in enumerate(bar):
             current = lr_at(epoch * per_epoch + i, total=total, warmup=warmup, peak=lr)
             for group in optimizer.param_groups:
@@ -157,5 +156,5 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         if progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                               if k not in ("epoch", "steps") and isinstance(v, float))
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+            progress_line(f"epoch {epoch + 1}/{epochs}: {shown}")
     return history
