@@ -38,10 +38,10 @@ from timm_reid._records import looks_like_torch_file
 from timm_reid.data.image_dataset import ImageReadError
 from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 
-__all__ = ["CHECKPOINT_FILE", "USER_ERRORS", "CheckpointError", "ConfigError", "RunFolder", "atomic_save", "atomic_write_text",
-           "derive_seed", "load_checkpoint", "progress", "progress_line", "refuse_flags_ignored_by_resume",
-           "resumed_options",
-           "seed_everything", "session", "write_config", "write_json", "write_jsonl"]
+__all__ = ["CHECKPOINT_FILE", "USER_ERRORS", "CheckpointError", "ConfigError", "RunFolder", "atomic_save",
+           "atomic_write_text", "derive_seed", "load_checkpoint", "progress", "progress_line",
+           "refuse_flags_ignored_by_resume", "resumed_options", "seed_everything", "session", "write_config",
+           "write_json", "write_jsonl"]
 
 CHECKPOINT_FILE = "last.pth"  # the resumable state of every run, written after every step
 

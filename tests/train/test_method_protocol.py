@@ -93,7 +93,8 @@ def toy_method(request, tmp_path, monkeypatch):
     """``timm_reid/train/toymethod.py`` without touching the package: a folder on its search path."""
     folder = tmp_path / "methods"
     folder.mkdir()
-    (folder / "toymethod.py").write_text(textwrap.dedent(TOY).replace("EVALUATION_HERE", getattr(request, "param", "reid")))
+    evaluation = getattr(request, "param", "reid")  # the protocol the toy declares
+    (folder / "toymethod.py").write_text(textwrap.dedent(TOY).replace("EVALUATION_HERE", evaluation))
     (folder / "toy-demo.yaml").write_text(TOY_PRESET)
     monkeypatch.setattr(timm_reid.train, "__path__", [*timm_reid.train.__path__, str(folder)])
     yield

@@ -10,7 +10,7 @@ import argparse
 import math
 
 from timm_reid._cli import default_device, runtime_problems
-from timm_reid._run import refuse_flags_ignored_by_resume
+from timm_reid._run import ConfigError, refuse_flags_ignored_by_resume
 from timm_reid.options import PatchOptions
 from timm_reid.surgery import ENTRIES
 
@@ -135,7 +135,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` naming every bad option and how to fix it."""
+    """Raise :class:`~timm_reid._run.ConfigError` (a ``ValueError``) naming every bad option and the fix."""
     problems = []
     problems += runtime_problems(args)
     try:
@@ -175,4 +175,4 @@ def check_args(args: argparse.Namespace) -> None:
         problems.append("--data is the video-crop folder of isr/moco; --method supervised reads "
                         "--dataset NAME --root DIR")
     if problems:
-        raise ValueError("invalid options: " + "; ".join(problems))
+        raise ConfigError("invalid options: " + "; ".join(problems))
