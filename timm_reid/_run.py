@@ -57,7 +57,7 @@ class CheckpointError(ValueError):
 
 
 # What a command line reports as one paragraph with exit status 2 (a mistake the user can fix),
-# rather than a traceback; pretraining adds ValueError, which its option checks raise.
+# rather than a traceback (option and data checks raise ConfigError, never a bare ValueError).
 USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, NotADirectoryError,
                ImageReadError, PermissionError)
 

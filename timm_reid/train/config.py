@@ -22,9 +22,8 @@ import warnings
 
 import yaml
 
-from timm_reid._cli import default_device, runtime_problems
+from timm_reid._cli import add_patch_arguments, default_device, runtime_problems
 from timm_reid._run import refuse_flags_ignored_by_resume, write_config
-from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import (DEFAULT_METHOD, all_methods, get_method, method_names, preset_names,
                                      preset_owner, preset_path)
@@ -147,17 +146,7 @@ def _add_model_arguments(parser):
                         "(minutes), then reused")
     g.add_argument("--init-cache", default=os.path.join("runs", "pretrained"), metavar="DIR",
                    help="--init: where the pretrained starting points are kept")
-    g.add_argument("--aibn", default=[], type=int, nargs="*", help="stages (from 1) whose norms become AIBN")
-    g.add_argument("--tnorm", default=[], type=int, nargs="*", help="stages (from 1) followed by a TNorm")
-    g.add_argument("--aibn-mix", default="var", choices=("var", "std"),
-                   help="AIBN mixing: variances (IICS) or standard deviations (Qureshi & Dehghani)")
-    g.add_argument("--aibn-gate-init", default=0.1, type=float, help="initial AIBN gate (weight of batch stats)")
-    g.add_argument("--aibn-entry", default="blend", choices=ENTRIES,
-                   help="how AIBN enters the backbone: replace its norms (papers) or blend in beside them from 0 "
-                        "(keeps a pretrained backbone's function; see timm_reid.patch)")
-    g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"),
-                   help="TNorm: IIDS style transform or per-camera normalization (Qureshi & Dehghani)")
-    g.add_argument("--last-stride", default=None, type=int, help="stride of the last stage (ReID: 1); None keeps it")
+    add_patch_arguments(g)
     g = parser.add_argument_group("AIBN calibration (before training)")
     g.add_argument("--calibrate-aibn", default=0, type=int, metavar="N",
                    help="before training, set the AIBN running statistics to those of N training images (no "
