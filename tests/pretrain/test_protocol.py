@@ -112,6 +112,13 @@ def test_the_flag_of_another_method_is_refused_naming_it(tmp_path, capsys, argv,
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_refuses_a_method_flag_as_ignored(tmp_path, capsys):
+    """With --resume the method is the stored one: its flags are refused as flags resume would
+    ignore, like every other option (not as unknown arguments)."""
+    assert cli(["--resume", str(tmp_path / "run"), "--gamma", "2"]) == 2
+    assert "would be ignored" in capsys.readouterr().err
+
+
 def test_python_entry_refuses_another_methods_option_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"--gamma \(method isr\)"):
         pretrain("moco", output=tmp_path / "run", gamma=2.0)

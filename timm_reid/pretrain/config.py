@@ -120,8 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args, extras = parser.parse_known_args(argv)
     if extras:
         flags = [token.split("=", 1)[0] for token in extras if token.startswith("--")]
-        if first.resume is None:  # with --resume every flag but the runtime ones is refused later
-            refuse_foreign_options(first.method, [f[2:].replace("-", "_") for f in flags])
+        if first.resume is not None:  # the stored method's flags too: refused as ignored by resume
+            check_resume_options(first.resume, explicit_options(argv))
+        refuse_foreign_options(first.method, [f[2:].replace("-", "_") for f in flags])
         get_args_parser(method=first.method).error(f"unrecognized arguments: {' '.join(extras)}")
     return args
 
