@@ -2,9 +2,9 @@
 
 A module of :mod:`timm_reid.train` is a method when its top level assigns ``NAME = "<name>"`` and
 defines ``Trainer`` (:mod:`timm_reid.train.protocol` lists what else it provides). Modules are
-found (:func:`timm_reid._discovery.discover`, shared with pretraining) by reading the package's files (their syntax tree, without importing them) and imported
-only when asked for, so adding ``timm_reid/train/gur.py`` makes ``--method gur`` exist; there is
-no registry to edit.
+found by reading the package's files (their syntax tree, without importing them;
+:func:`timm_reid._discovery.discover`, shared with pretraining) and imported only when asked
+for, so adding ``timm_reid/train/gur.py`` makes ``--method gur`` exist; there is no registry to edit.
 
 Order (``--method`` choices, ``--help`` groups): :data:`DEFAULT_METHOD` first, then by name.
 """
