@@ -4,6 +4,7 @@ raises ``ValueError`` naming the option, the value and the fix).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -128,3 +129,12 @@ def add_patch_arguments(group) -> None:
                        help="TNorm: IIDS style transform or per-camera normalization (Qureshi & Dehghani)")
     group.add_argument("--last-stride", default=default["last_stride"], type=int,
                        help="stride of the last stage (ReID: 1); None keeps it")
+
+
+def method_argument_groups(module) -> list:
+    """The argument groups ``module.add_arguments`` adds, built on a parser of their own (for
+    ``--help``, and to know which flags a method owns)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known = len(parser._action_groups)
+    module.add_arguments(parser)
+    return parser._action_groups[known:]

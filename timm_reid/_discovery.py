@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import ast
 import os
+from importlib import import_module
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
-__all__ = ["declared_name", "discover", "missing_attributes"]
+__all__ = ["declared_name", "discover", "load_method", "missing_attributes"]
 
 
 def declared_name(path, marker: str) -> Optional[str]:
@@ -62,3 +63,18 @@ def discover(folders: Iterable[str], package: str, marker: str, *, kind: str,
 def missing_attributes(module, required: Mapping[str, str]) -> list:
     """The ``required`` attributes ``module`` lacks, as ``"NAME (what it is)"`` strings."""
     return [f"{name} ({what})" for name, what in required.items() if not hasattr(module, name)]
+
+
+def load_method(methods: Mapping[str, str], name: str, required: Mapping[str, str], *, kind: str,
+                protocol: str, error: type):
+    """The module of method ``name`` among ``methods`` (from :func:`discover`): ``error`` (the
+    caller's user-error type) for an unknown name, ``TypeError`` for a module that lacks part of
+    the protocol ``required`` (a programming error in the method, named with ``protocol``)."""
+    if name not in methods:
+        raise error(f"unknown --method {name!r}; valid methods: {', '.join(methods)}")
+    module = import_module(methods[name])
+    missing = missing_attributes(module, required)
+    if missing:
+        raise TypeError(f"{kind} method {name!r} ({module.__name__}) lacks {', '.join(missing)}; "
+                        f"see {protocol}")
+    return module

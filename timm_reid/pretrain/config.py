@@ -14,7 +14,7 @@ import argparse
 import math
 import sys
 
-from timm_reid._cli import add_patch_arguments, default_device, runtime_problems
+from timm_reid._cli import add_patch_arguments, default_device, method_argument_groups, runtime_problems
 from timm_reid._run import ConfigError, refuse_flags_ignored_by_resume
 from timm_reid.options import PatchOptions
 from timm_reid.pretrain.methods import all_methods, get_method, method_names
@@ -44,19 +44,11 @@ def get_args_parser(add_help: bool = True, method: str | None = None) -> argpars
     if add_help:
         titles = {g.title for g in parser._action_groups}
         for module in all_methods():
-            for group in _method_groups(module):
+            for group in method_argument_groups(module):
                 if group.title not in titles:  # ISR and MoCo share the video-crop group
                     parser._action_groups.append(group)
                     titles.add(group.title)
     return parser
-
-
-def _method_groups(module):
-    """The argument groups ``module.add_arguments`` adds, built on a parser of their own."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    known = len(parser._action_groups)
-    module.add_arguments(parser)
-    return parser._action_groups[known:]
 
 
 def _by_method(value_of) -> str:
@@ -134,7 +126,7 @@ def _owners(method):
     for module in all_methods():
         if module.NAME == method:
             continue
-        for group in _method_groups(module):
+        for group in method_argument_groups(module):
             for action in group._group_actions:
                 if action.dest not in own:
                     owners.setdefault(action.dest, []).append(module.NAME)

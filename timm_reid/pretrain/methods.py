@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from importlib import import_module
 
-from timm_reid._discovery import discover
+from timm_reid._discovery import discover, load_method
 from timm_reid._run import ConfigError
-from timm_reid.pretrain.protocol import missing_attributes
+from timm_reid.pretrain.protocol import REQUIRED
 
 __all__ = ["all_methods", "get_method", "method_names"]
 
@@ -36,15 +35,8 @@ def method_names():
 def get_method(name):
     """The module of method ``name``; :class:`ConfigError` for an unknown name, ``TypeError`` for a
     module that lacks part of the protocol (a programming error in the method, named)."""
-    methods = _discover(tuple(sys.modules[__package__].__path__))
-    if name not in methods:
-        raise ConfigError(f"unknown --method {name!r}; valid methods: {', '.join(methods)}")
-    module = import_module(methods[name])
-    missing = missing_attributes(module)
-    if missing:
-        raise TypeError(f"pretraining method {name!r} ({module.__name__}) lacks {', '.join(missing)}; "
-                        "see timm_reid.pretrain.protocol")
-    return module
+    return load_method(_discover(tuple(sys.modules[__package__].__path__)), name, REQUIRED, kind="pretraining",
+                       protocol="timm_reid.pretrain.protocol", error=ConfigError)
 
 
 def all_methods():

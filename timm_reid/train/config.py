@@ -22,7 +22,7 @@ import warnings
 
 import yaml
 
-from timm_reid._cli import add_patch_arguments, default_device, runtime_problems
+from timm_reid._cli import add_patch_arguments, default_device, method_argument_groups, runtime_problems
 from timm_reid._run import refuse_flags_ignored_by_resume, write_config
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import (DEFAULT_METHOD, all_methods, get_method, method_names, preset_names,
@@ -52,7 +52,7 @@ def get_args_parser(add_help=True, method=None):
         if module.NAME == method:
             module.add_arguments(parser)
         elif add_help:
-            parser._action_groups.extend(_method_groups(module))  # shown in --help, never parsed
+            parser._action_groups.extend(method_argument_groups(module))  # shown in --help, never parsed
     return parser
 
 
@@ -69,17 +69,9 @@ def _shared_parser(add_help):
     return parser
 
 
-def _method_groups(module):
-    """The argument groups ``module.add_arguments`` adds, built on a parser of their own."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    known = len(parser._action_groups)
-    module.add_arguments(parser)
-    return parser._action_groups[known:]
-
-
 def _method_options(module):
     """``{dest: action}`` of a method's own options."""
-    return {a.dest: a for g in _method_groups(module) for a in g._group_actions}
+    return {a.dest: a for g in method_argument_groups(module) for a in g._group_actions}
 
 
 def _add_config_arguments(parser):

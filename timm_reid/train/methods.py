@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from importlib import import_module
 from pathlib import Path
 
-from timm_reid._discovery import discover
+from timm_reid._discovery import discover, load_method
 from timm_reid.train.errors import ConfigError
-from timm_reid.train.protocol import missing_attributes
+from timm_reid.train.protocol import REQUIRED
 
 __all__ = ["DEFAULT_METHOD", "all_methods", "get_method", "method_names", "preset_names", "preset_owner",
            "preset_path"]
@@ -46,15 +45,8 @@ def method_names():
 def get_method(name):
     """The module of method ``name``; :class:`ConfigError` for an unknown name, ``TypeError`` for a
     module that lacks part of the protocol (a programming error in the method, named)."""
-    methods = _discover(_package_path())
-    if name not in methods:
-        raise ConfigError(f"unknown --method {name!r}; valid methods: {', '.join(methods)}")
-    module = import_module(methods[name])
-    missing = missing_attributes(module)
-    if missing:
-        raise TypeError(f"training method {name!r} ({module.__name__}) lacks {', '.join(missing)}; "
-                        "see timm_reid.train.protocol")
-    return module
+    return load_method(_discover(_package_path()), name, REQUIRED, kind="training",
+                       protocol="timm_reid.train.protocol", error=ConfigError)
 
 
 def all_methods():
