@@ -53,7 +53,7 @@ def _loss(features, labels):
     """A loss that couples the rows (batch-hard triplet-like term + cross-entropy on a fixed head)."""
     from timm_reid.train.losses import triplet_loss
 
-    head = torch.linspace(-1, 1, features.shape[1] * 4).view(4, -1)
+    head = torch.linspace(-1, 1, features.shape[1] * 4, dtype=features.dtype).view(4, -1)
     return F.cross_entropy(features @ head.t(), labels % 4) + triplet_loss(features, labels, margin=0.3)
 
 
@@ -61,13 +61,15 @@ def _model():
     from timm_reid.factory import create_model
 
     torch.manual_seed(0)
+    # float64: the all-reduced sums are added in another order than one process adds them, and in
+    # float32 that alone differs by a few 1e-6 on some CPUs; in float64 any real error still shows.
     return create_model("test_convnext", aibn=(3, 4), tnorm=(1, 2, 3), tnorm_mode="normalize", num_cameras=3,
-                        num_classes=0)
+                        num_classes=0).double()
 
 
 def _batch(n=7):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(n, 3, 64, 32, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0])[:n],
+    return (torch.randn(n, 3, 64, 32, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0])[:n],
             torch.tensor([0, 0, 1, 1, 2, 2, 3])[:n])
 
 
@@ -94,12 +96,12 @@ def _worker(rank, world, store):
         loss = _loss(d.forward(model, images, camids=camids), labels)
         loss.backward()
         d.average_gradients(model)
-        assert torch.allclose(loss, ref_loss, atol=1e-6), (loss.item(), ref_loss.item())
+        assert torch.allclose(loss, ref_loss, rtol=1e-12, atol=1e-12), (loss.item(), ref_loss.item())
         for (name, p), q in zip(model.named_parameters(), reference.parameters()):
             expected = q.grad if q.grad is not None else torch.zeros_like(q)
-            assert torch.allclose(p.grad, expected, rtol=1e-4, atol=1e-6), (name, (p.grad - expected).abs().max())
+            assert torch.allclose(p.grad, expected, rtol=1e-9, atol=1e-12), (name, (p.grad - expected).abs().max())
         for (name, b), c in zip(model.named_buffers(), reference.buffers()):
-            assert torch.allclose(b.float(), c.float(), rtol=1e-5, atol=1e-6), name
+            assert torch.allclose(b.double(), c.double(), rtol=1e-9, atol=1e-12), name
 
         # uneven gathers keep rank order; rank 0's exception reaches every rank
         rows = d.gather_rows(torch.full((rank + 1, 2), float(rank)))
@@ -145,11 +147,13 @@ def _assert_close_states(a, b, tol):
 
 def _assert_same_runs(one, two, final_tolerance=1e-6):
     """Same metrics, same pseudo-label statistics, same losses. ``final_tolerance``: the tiny test
-    split of a barely trained model is full of near-ties, so weights equal to 1e-5 may still flip a
-    query or two (ICE below)."""
+    split of a barely trained model is full of near-ties, so weights equal to 1e-5 may still flip
+    queries; ``None`` leaves the final metrics to the weight comparison (ICE below)."""
     r1, r2 = (json.loads((run / "final_metrics.json").read_text()) for run in (one, two))
     assert r2["world_size"] == 2 and r1["world_size"] == 1
     for which, tol in (("initial", 1e-6), ("final", final_tolerance)):
+        if tol is None:
+            continue
         for key in ("mAP", "rank1", "same_camera_top1"):
             assert r2[which][key] == pytest.approx(r1[which][key], abs=tol), (which, key)
     m1, m2 = ((run / "metrics.jsonl").read_text().splitlines() for run in (one, two))
@@ -188,7 +192,9 @@ def test_torchrun_ice_equals_one_process(tmp_path):
     argv = [*SYNTHETIC, "--root", str(tmp_path / "data"), "--aibn", "3", "4", *SGD]
     main(parse_args(ice_argv(tmp_path / "one", *argv)))
     _torchrun("timm_reid.train", *ice_argv(tmp_path / "two", *argv))
-    _assert_same_runs(tmp_path / "one", tmp_path / "two", final_tolerance=0.11)  # 2 of 19 queries
+    # Final metrics not compared: 2 of 19 queries flipped on one machine, 3 on another (AMD EPYC),
+    # from weights that agree to 1e-5 (checked below), so they measure the tiny split's near-ties.
+    _assert_same_runs(tmp_path / "one", tmp_path / "two", final_tolerance=None)
     for key in ("model", "online"):
         _assert_close_states(_state(tmp_path / "one" / "final.pth", key), _state(tmp_path / "two" / "final.pth", key),
                              1e-5)

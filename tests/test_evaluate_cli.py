@@ -202,3 +202,59 @@ def test_the_evaluate_command_line_imports_no_training_code():
             todo.extend(graph.get(module, ()))
     harness = sorted(m for m in seen if m.startswith(("timm_reid.train", "timm_reid.pretrain")))
     assert not harness, harness
+
+
+@pytest.fixture(scope="module")
+def vi_dir(tmp_path_factory):
+    from timm_reid.data.synthetic import generate_synthetic_vi
+
+    root = tmp_path_factory.mktemp("evaluate-vi") / "sysu"
+    generate_synthetic_vi(root, seed=3, num_identities=4, num_test_identities=8, image_size=(32, 16))
+    return root
+
+
+def test_protocol_sysumm01_scores_the_visible_infrared_split(vi_dir, tmp_path, capsys):
+    """``--protocol sysumm01``: the SYSU-MM01 layout and protocol, the metrics of
+    ``evaluate_sysumm01`` on features extracted outside the command line."""
+    from timm_reid.data import load_sysumm01
+    from timm_reid.evaluation import evaluate_sysumm01
+
+    torch.manual_seed(0)
+    model = timm_reid.create_model("test_convnext", num_classes=0)
+    backbone = timm_reid.save_backbone(model, str(tmp_path / "vi.safetensors"), model_name="test_convnext",
+                                       input_size=(64, 32))
+    out = tmp_path / "vi.json"
+    assert main(["--backbone", backbone, "--root", str(vi_dir), "--protocol", "sysumm01", "--threads", "1",
+                 "--output-json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["test"]
+    dataset = load_sysumm01(vi_dir, name="synthetic-vi")
+    loader = torch.utils.data.DataLoader(ImageDataset(dataset.query + dataset.gallery,
+                                                      build_transforms(64, 32, train=False)), batch_size=64)
+    features, _, _ = timm_reid.extract_features(timm_reid.load_backbone(backbone), loader, progress=False)
+    nq = len(dataset.query)
+    expected = evaluate_sysumm01(features[:nq].numpy(), features[nq:].numpy(), dataset.query, dataset.gallery)
+    assert metrics["mAP"] == pytest.approx(float(expected["mAP"]), abs=1e-6)
+    assert metrics["protocol"] == expected["protocol"] and "same_camera_top1" not in metrics
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "same_camera_top1" not in printed
+    # a layout the protocol does not read is refused, naming both
+    assert main(["--backbone", backbone, "--dataset", "market1501", "--root", str(vi_dir),
+                 "--protocol", "sysumm01"]) == 2
+    assert "--protocol sysumm01 evaluates the sysumm01 layout" in capsys.readouterr().err
+
+
+def test_protocol_defaults_to_the_checkpoint_s(tiny_run, tmp_path, capsys):
+    """A checkpoint stores its method's protocol (``evaluation``): used without --protocol,
+    replaced by --protocol."""
+    state = torch.load(tiny_run / "final.pth", weights_only=True)
+    assert state["evaluation"] == "reid"
+    state["evaluation"] = "sysumm01"  # as a visible-infrared method's run stores it
+    vi_checkpoint = tmp_path / "vi.pth"
+    torch.save(state, vi_checkpoint)
+    final = json.loads((tiny_run / "final_metrics.json").read_text())["final"]
+    assert main(["--checkpoint", str(vi_checkpoint), "--root", str(tiny_run / "data"), "--threads", "1"]) == 2
+    assert "SYSU-MM01 not found" in capsys.readouterr().err  # the run's Market-style data is no SYSU-MM01 folder
+    out = tmp_path / "m.json"
+    assert main(["--checkpoint", str(vi_checkpoint), "--protocol", "reid", "--threads", "1",
+                 "--output-json", str(out)]) == 0
+    assert json.loads(out.read_text())["test"]["mAP"] == pytest.approx(final["mAP"], abs=1e-6)

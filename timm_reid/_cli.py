@@ -4,6 +4,7 @@ raises ``ValueError`` naming the option, the value and the fix).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -100,3 +101,40 @@ def device_problem(name: str) -> Optional[str]:
 def default_device() -> str:
     """``cuda`` when a CUDA device is available, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_patch_arguments(group) -> None:
+    """The patch flags of both command lines (train's and pretrain's "model" group), defined once.
+
+    Each flag is named after its :class:`timm_reid.PatchOptions` field (``KEY``, ``aibn_KEY`` or
+    ``tnorm_KEY``: ``--aibn-gate-init`` sets ``gate_init``, read back by
+    ``PatchOptions.from_flags``) and takes that field's default (stage lists as ``[]``)."""
+    import dataclasses
+
+    from timm_reid.options import PatchOptions
+    from timm_reid.surgery import ENTRIES
+
+    default = {f.name: f.default for f in dataclasses.fields(PatchOptions)}
+    group.add_argument("--aibn", default=[], type=int, nargs="*", help="stages (from 1) whose norms become AIBN")
+    group.add_argument("--tnorm", default=[], type=int, nargs="*", help="stages (from 1) followed by a TNorm")
+    group.add_argument("--aibn-mix", default=default["mix"], choices=("var", "std"),
+                       help="AIBN mixing: variances (IICS) or standard deviations (Qureshi & Dehghani)")
+    group.add_argument("--aibn-gate-init", default=default["gate_init"], type=float,
+                       help="initial AIBN gate, the weight of the batch statistics (0: instance norm only, "
+                            "ISR's IN-after-early-stages choice)")
+    group.add_argument("--aibn-entry", default=default["entry"], choices=ENTRIES,
+                       help="how AIBN enters the backbone: replace its norms (papers) or blend in beside them "
+                            "from 0 (keeps a pretrained backbone's function; see timm_reid.patch)")
+    group.add_argument("--tnorm-mode", default=default["tnorm_mode"], choices=("transform", "normalize"),
+                       help="TNorm: IIDS style transform or per-camera normalization (Qureshi & Dehghani)")
+    group.add_argument("--last-stride", default=default["last_stride"], type=int,
+                       help="stride of the last stage (ReID: 1); None keeps it")
+
+
+def method_argument_groups(module) -> list:
+    """The argument groups ``module.add_arguments`` adds, built on a parser of their own (for
+    ``--help``, and to know which flags a method owns)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known = len(parser._action_groups)
+    module.add_arguments(parser)
+    return parser._action_groups[known:]

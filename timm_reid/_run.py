@@ -1,7 +1,7 @@
 """The run layer shared by training (:mod:`timm_reid.train`) and pretraining
 (:mod:`timm_reid.pretrain`), importing neither: the user-error types, the run folder and its
 overwrite rules, atomic writers, the config file, pickle-free checkpoint loading, seeding, the
-refusal of flags a resumed run would ignore, and the torchrun session.
+refusal of flags a resumed run would ignore, progress bars, and the torchrun session.
 
 Run folders: a new run needs a new or empty folder; one holding files is refused naming them,
 unless it holds only what a run that stopped before its first checkpoint leaves (its config and
@@ -31,15 +31,17 @@ from typing import Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from timm_reid import distributed
 from timm_reid._records import looks_like_torch_file
 from timm_reid.data.image_dataset import ImageReadError
 from timm_reid._runlock import RunLock, is_bookkeeping, remove_stale_temporaries
 
-__all__ = ["CHECKPOINT_FILE", "USER_ERRORS", "CheckpointError", "ConfigError", "RunFolder", "atomic_save", "atomic_write_text",
-           "derive_seed", "load_checkpoint", "refuse_flags_ignored_by_resume", "resumed_options",
-           "seed_everything", "session", "write_config", "write_json", "write_jsonl"]
+__all__ = ["CHECKPOINT_FILE", "USER_ERRORS", "CheckpointError", "ConfigError", "RunFolder", "atomic_save",
+           "atomic_write_text", "derive_seed", "load_checkpoint", "progress", "progress_line",
+           "refuse_flags_ignored_by_resume", "resumed_options", "seed_everything", "session", "write_config",
+           "write_json", "write_jsonl"]
 
 CHECKPOINT_FILE = "last.pth"  # the resumable state of every run, written after every step
 
@@ -55,7 +57,7 @@ class CheckpointError(ValueError):
 
 
 # What a command line reports as one paragraph with exit status 2 (a mistake the user can fix),
-# rather than a traceback; pretraining adds ValueError, which its option checks raise.
+# rather than a traceback (option and data checks raise ConfigError, never a bare ValueError).
 USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, NotADirectoryError,
                ImageReadError, PermissionError)
 
@@ -162,6 +164,19 @@ def refuse_flags_ignored_by_resume(resume, given: Iterable[str], allowed: Sequen
     raise ConfigError(f"--resume {resume} continues the run with the options stored in it, so these flags would be "
                       f"ignored: {flags}. Drop them (only {may} may change on resume), or start a new run with "
                       "--output.")
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+def progress(iterable, *, desc: str, enabled: bool, total: Optional[int] = None):
+    """A transient progress bar over ``iterable`` (nothing shown unless ``enabled``: off with
+    ``--no-progress`` and on every torchrun process but rank 0)."""
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False)
+
+
+def progress_line(text: str) -> None:
+    """A line printed above any progress bar (it is not overwritten by the bar)."""
+    tqdm.write(text)
 
 
 # ------------------------------------------------------------------------------------------ torchrun

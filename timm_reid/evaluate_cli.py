@@ -7,7 +7,11 @@
 ``--backbone`` takes a file written by :func:`timm_reid.save_backbone` (or a run directory holding
 ``backbone.safetensors``) and evaluates at the input size stored with it; ``--checkpoint`` takes
 ``final.pth`` / ``last.pth`` of a ``timm_reid.train`` run, whose stored options rebuild the model and
-name the run's dataset. Prints mAP, CMC ranks, mINP and the same-camera top-1 share.
+name the run's dataset. Prints mAP, CMC ranks, mINP and (``--protocol reid``) the same-camera top-1
+share. ``--protocol`` is the test protocol: ``reid`` (Market-1501 query/gallery), ``sysumm01`` or
+``regdb`` (visible-infrared, the data read with that layout: ``--root`` the SYSU-MM01 folder, or a
+timm-reid synthetic visible-infrared one; the RegDB folder, its split 1); by default the protocol a
+checkpoint's method evaluates with, else ``reid``.
 
 The module is not called ``timm_reid.evaluate``: that name is the evaluation function
 (``timm_reid.evaluate``), and a module of the same dotted name would replace it on import.
@@ -21,6 +25,7 @@ import sys
 from typing import Sequence
 
 from timm_reid._cli import UsageError, fail, prog_name
+from timm_reid.evaluation.splits import PROTOCOLS
 
 __all__ = ["get_args_parser", "main", "run"]
 
@@ -40,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "detected for a timm-reid synthetic dataset)")
     parser.add_argument("--root", "--data", dest="root", default=None, metavar="DIR",
                         help="dataset folder (None: the checkpoint run's data)")
+    parser.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                        help="test protocol: reid (query/gallery), or visible-infrared sysumm01 / regdb (the data "
+                             "read with that layout; RegDB: split 1) (None: the checkpoint's, else reid)")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="evaluation image size (None: the size the model was trained at)")
     parser.add_argument("--camera-aggregate", default=None, action=argparse.BooleanOptionalAction,
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace) -> dict:
         net, spec = _backbone_net(args.backbone)
     else:
         net, spec = _checkpoint_net(args.checkpoint)
-    dataset = _load_dataset(args, spec)
+    protocol = args.protocol or spec["protocol"]
+    dataset = _load_vi_dataset(args, spec, protocol) if protocol != "reid" else _load_dataset(args, spec)
     height, width = args.input_size or spec["input_size"]
     aggregate = spec["camera_aggregate"] if args.camera_aggregate is None else args.camera_aggregate
     if aggregate and not spec["num_cameras"]:
@@ -86,12 +95,13 @@ def run(args: argparse.Namespace) -> dict:
     from timm_reid.data import build_transforms
 
     metrics = evaluate_split(net.to(device), dataset, transform=build_transforms(height, width, train=False),
-                             protocol=spec["protocol"], batch_size=args.batch_size, workers=args.workers,
+                             protocol=protocol, batch_size=args.batch_size, workers=args.workers,
                              camera_aggregate=aggregate, num_cameras=spec["num_cameras"])
     print(dataset.summary())
-    for split, m in metrics.items():
-        print(f"{split}: {format_metrics(m)} rank5={100 * m.get('rank5', float('nan')):.1f} "
-              f"rank10={100 * m.get('rank10', float('nan')):.1f} mINP={100 * m.get('mINP', float('nan')):.1f}")
+    for split, m in metrics.items():  # only the metrics the protocol has
+        more = " ".join(f"{k}={100 * m[k]:.1f}" for k in ("rank5", "rank10", "mINP") if k in m)
+        name = split if protocol == "reid" else f"{split} ({m.get('protocol', protocol)})"
+        print(f"{name}: {format_metrics(m)} {more}")
     if args.output_json:
         _write_json(metrics, args.output_json)
     return metrics
@@ -117,8 +127,9 @@ def _check_args(args) -> None:
                          "create it first (checked before the evaluation, which may take long)")
     from timm_reid.data import DATASETS
 
-    if args.dataset is not None and args.dataset not in DATASETS:
-        raise UsageError(f"--dataset {args.dataset}: unknown layout; choose one of {', '.join(DATASETS)}")
+    if args.dataset is not None and args.dataset not in (*DATASETS, *_VI_LAYOUTS):
+        raise UsageError(f"--dataset {args.dataset}: unknown layout; choose one of "
+                         f"{', '.join((*DATASETS, *_VI_LAYOUTS))}")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -188,6 +199,28 @@ def _load_dataset(args, spec):
     if root is None:
         raise UsageError(f"--dataset {name} needs --root DIR, the folder that holds the dataset")
     return build_dataset(name, root)
+
+
+_VI_LAYOUTS = ("sysumm01", "regdb")  # read by the visible-infrared protocols of the same name
+
+
+def _load_vi_dataset(args, spec, protocol):
+    """The data of a visible-infrared ``protocol``: its own layout (a timm-reid synthetic
+    visible-infrared folder is SYSU-MM01's), from ``--root`` or the checkpoint run's ``--root``."""
+    from timm_reid.data import load_regdb, load_sysumm01
+
+    train_args = spec["train_args"]
+    name = args.dataset or (train_args.dataset if train_args else None) or protocol
+    if name not in (protocol, "synthetic"):
+        raise UsageError(f"--protocol {protocol} evaluates the {protocol} layout, not --dataset {name}; "
+                         f"pass --dataset {protocol} (or leave it out), or --protocol reid")
+    root = args.root or (train_args.root if train_args else None)
+    if root is None:
+        raise UsageError(f"--protocol {protocol} needs --root DIR, the folder of the {protocol} data")
+    if protocol == "regdb":
+        return load_regdb(root)
+    meta = _synthetic_meta(root)
+    return load_sysumm01(root, name="synthetic-vi" if meta is not None else "sysumm01")
 
 
 def _detect_layout(root):

@@ -12,12 +12,13 @@ from timm_reid.pretrain.__main__ import cli
 
 from .conftest import TINY_MODEL
 
-TINY_VIDEO = ["--batch-size", "12", "--visits-per-epoch", "2", "--queue-size", "32", "--hard-negatives", "4"]
+TINY_VIDEO = ["--batch-size", "12", "--visits-per-epoch", "2", "--queue-size", "32"]
+TINY_METHOD = {"isr": ["--hard-negatives", "4"], "moco": []}  # each method takes only its own flags
 
 
 def _argv(method, output, data, *extra):
     return ["--method", method, "--output", str(output), "--data", str(data), "--epochs", "2",
-            *TINY_VIDEO, *TINY_MODEL, *extra]
+            *TINY_VIDEO, *TINY_METHOD[method], *TINY_MODEL, *extra]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from timm_reid.train.errors import ConfigError
 NAME = "toy"
 PRESETS = {"toy-demo": "toy-demo.yaml"}
 DEFAULT_PRESETS = ("toy-demo", "toy-demo")
-EVALUATION = "reid"
+EVALUATION = "EVALUATION_HERE"
 
 
 def add_arguments(parser):
@@ -89,11 +89,12 @@ TOY_PRESET = "model: test_convnext\nheight: 64\nwidth: 32\naibn: [3]\nepochs: 2\
 
 
 @pytest.fixture
-def toy_method(tmp_path, monkeypatch):
+def toy_method(request, tmp_path, monkeypatch):
     """``timm_reid/train/toymethod.py`` without touching the package: a folder on its search path."""
     folder = tmp_path / "methods"
     folder.mkdir()
-    (folder / "toymethod.py").write_text(textwrap.dedent(TOY))
+    evaluation = getattr(request, "param", "reid")  # the protocol the toy declares
+    (folder / "toymethod.py").write_text(textwrap.dedent(TOY).replace("EVALUATION_HERE", evaluation))
     (folder / "toy-demo.yaml").write_text(TOY_PRESET)
     monkeypatch.setattr(timm_reid.train, "__path__", [*timm_reid.train.__path__, str(folder)])
     yield
@@ -138,7 +139,9 @@ def test_a_module_missing_part_of_the_protocol_is_named(tmp_path, monkeypatch):
         sys.modules.pop("timm_reid.train.halfmethod", None)
 
 
+@pytest.mark.parametrize("toy_method", ["reid", "regdb"], indirect=True)
 def test_the_harness_runs_a_toy_method(toy_method, tmp_path):
+    """...and evaluates it with its own protocol (RegDB here: the query split against the gallery)."""
     run = tmp_path / "run"
     result = main(parse_args(["--method", "toy", "--output", str(run), "--synthetic-identities",
                               str(TINY_DATA["num_identities"]), "--synthetic-test-identities",
@@ -149,4 +152,7 @@ def test_the_harness_runs_a_toy_method(toy_method, tmp_path):
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["round"] for h in history] == [1, 2] and all(h["toy_loss"] > 0 for h in history)
     assert 0 <= result["final"]["mAP"] <= 1 and (run / "backbone.safetensors").is_file()
+    protocol = get_method("toy").EVALUATION
+    assert result["final"].get("protocol") == (None if protocol == "reid" else "regdb-visible-to-thermal")
+    assert ("same_camera_top1" in result["final"]) == (protocol == "reid")
     assert "epochs: 2" in (run / "config.yaml").read_text() and "rounds" not in (run / "config.yaml").read_text()

@@ -44,15 +44,15 @@ def test_random_bytes_are_not_called_python_objects(tmp_path):
     assert "Python objects" not in str(error.value)
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--margin", "-1"], "--margin must be >= 0"),
-    (["--gamma", "nan"], "--gamma nan must be a finite number"),
-    (["--tau", "nan"], "--tau nan must be a finite number"),
-    (["--threads", "0"], "--threads 0 must be >= 1"),
-    (["--device", "bogus"], "is not a torch device"),
+@pytest.mark.parametrize("method, extra, match", [  # each flag with a method that has it
+    ("supervised", ["--margin", "-1"], "--margin must be >= 0"),
+    ("isr", ["--gamma", "nan"], "--gamma nan must be a finite number"),
+    ("isr", ["--tau", "nan"], "--tau nan must be a finite number"),
+    ("supervised", ["--threads", "0"], "--threads 0 must be >= 1"),
+    ("supervised", ["--device", "bogus"], "is not a torch device"),
 ])
-def test_pretrain_values_that_cannot_work_are_refused(tmp_path, capsys, extra, match):
-    assert pretrain_cli(["--method", "supervised", "--output", str(tmp_path / "r"), *TINY_MODEL, *extra]) == 2
+def test_pretrain_values_that_cannot_work_are_refused(tmp_path, capsys, method, extra, match):
+    assert pretrain_cli(["--method", method, "--output", str(tmp_path / "r"), *TINY_MODEL, *extra]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

@@ -1,43 +1,72 @@
 """Command-line options of ``python -m timm_reid.pretrain``: parser, method defaults and checks.
 
-Options whose default depends on the method are ``None`` in the parser and resolved by
-:func:`resolve_args` (see ``METHOD_DEFAULTS``); the resolved options are stored in the run's
-``config.json`` and in every checkpoint, so ``--resume`` continues with exactly them.
+The shared groups (run, model, schedule) are defined here; each method adds its own groups from its
+module (:mod:`timm_reid.pretrain.protocol`). A command line is read by a parser of the shared groups
+and the chosen method's groups only (:func:`parse_args`), so a flag of another method is refused
+naming the method(s) it belongs to. The schedule options whose default depends on the method are
+``None`` in the parser and resolved from the method's ``DEFAULTS`` by :func:`resolve_args`; the
+resolved options are stored in the run's ``config.yaml`` (``config.json`` in older folders) and in
+every checkpoint, so ``--resume`` continues with exactly them.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
-from timm_reid._cli import default_device, runtime_problems
-from timm_reid._run import refuse_flags_ignored_by_resume
+from timm_reid._cli import add_patch_arguments, default_device, method_argument_groups, runtime_problems
+from timm_reid._run import ConfigError, refuse_flags_ignored_by_resume
 from timm_reid.options import PatchOptions
-from timm_reid.surgery import ENTRIES
+from timm_reid.pretrain.methods import all_methods, get_method, method_names
 
-__all__ = ["METHODS", "METHOD_DEFAULTS", "RUNTIME_OPTIONS", "get_args_parser", "resolve_args", "check_args",
-           "explicit_options", "check_resume_options"]
+__all__ = ["METHODS", "RUNTIME_OPTIONS", "get_args_parser", "parse_args", "resolve_args", "check_args",
+           "explicit_options", "check_resume_options", "method_defaults", "refuse_foreign_options"]
 
-METHODS = ("supervised", "isr", "moco")
+METHODS = method_names()  # at import; method_names() also sees a method added to the path later
 # Options that may differ between the interrupted and the resuming command (how to run, not what).
 RUNTIME_OPTIONS = ("threads", "workers", "no_progress", "device", "dist_timeout")
-
-# Sizes for 2 CPU cores: see docs/training.md "Pretrain without downloads" for what each takes on one thread.
-METHOD_DEFAULTS = {
-    "supervised": {"epochs": 80, "lr": 1e-3, "batch_size": 64},
-    "isr": {"epochs": 20, "lr": 1e-3, "batch_size": 80},
-    "moco": {"epochs": 20, "lr": 1e-3, "batch_size": 80},
-}
+PROG = "python -m timm_reid.pretrain"
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+def method_defaults(method: str) -> dict:
+    """The shared options' defaults of ``method`` (its module's ``DEFAULTS``)."""
+    return dict(get_method(method).DEFAULTS)
+
+
+def get_args_parser(add_help: bool = True, method: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``--method method``: the shared groups and that method's groups (``method``
+    None: the shared groups only). With ``add_help`` (the parser that prints ``--help``) the other
+    methods' groups are shown too, each group once; their flags are not parsed by it."""
+    parser = _shared_parser(add_help)
+    for module in all_methods():
+        if module.NAME == method:
+            module.add_arguments(parser)
+    if add_help:
+        titles = {g.title for g in parser._action_groups}
+        for module in all_methods():
+            for group in method_argument_groups(module):
+                if group.title not in titles:  # ISR and MoCo share the video-crop group
+                    parser._action_groups.append(group)
+                    titles.add(group.title)
+    return parser
+
+
+def _by_method(value_of) -> str:
+    values = {}
+    for module in all_methods():
+        values.setdefault(value_of(module), []).append(module.NAME)
+    return ", ".join(f"{v} {'/'.join(names)}" for v, names in values.items())
+
+
+def _shared_parser(add_help: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m timm_reid.pretrain", add_help=add_help, allow_abbrev=False,
+        prog=PROG, add_help=add_help, allow_abbrev=False,
         description="Pretrain a timm backbone without downloads: supervised on a labeled source "
                     "dataset, or self-supervised (ISR, MoCo) on unlabeled video crops. The result "
                     "is RUN/backbone.safetensors (timm_reid.load_backbone, train --checkpoint-path).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("run")
-    g.add_argument("--method", default=None, choices=METHODS, help="required unless --resume")
+    g.add_argument("--method", default=None, choices=method_names(), help="required unless --resume")
     g.add_argument("--seed", default=0, type=int, help="seed of training (sampling, augmentation, init)")
     g.add_argument("--output", default=None, metavar="RUN",
                    help="run directory, must be new or empty (None: runs/pretrain-<method>-seed<seed>)")
@@ -55,67 +84,80 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--model", default="convnext_atto", help="timm model name")
     g.add_argument("--height", default=64, type=int, help="input height")
     g.add_argument("--width", default=32, type=int, help="input width")
-    g.add_argument("--aibn", default=[], type=int, nargs="*", help="stages (from 1) whose norms become AIBN")
-    g.add_argument("--tnorm", default=[], type=int, nargs="*", help="stages (from 1) followed by a TNorm")
-    g.add_argument("--aibn-mix", default="var", choices=("var", "std"), help="AIBN mixing of the statistics")
-    g.add_argument("--aibn-gate-init", default=0.1, type=float,
-                   help="initial AIBN gate (0: instance norm only, ISR's IN-after-early-stages choice)")
-    g.add_argument("--aibn-entry", default="blend", choices=ENTRIES,
-                   help="how AIBN enters (see timm_reid.patch): blend in from 0 beside the norm, or replace it")
-    g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"))
-    g.add_argument("--last-stride", default=None, type=int, help="stride of the last stage; None keeps it")
+    add_patch_arguments(g)
 
     g = parser.add_argument_group("schedule (AdamW, linear warm-up, cosine decay per step)")
-    g.add_argument("--epochs", default=None, type=int, help="epochs (None: 80 supervised, 20 isr/moco)")
-    g.add_argument("--lr", default=None, type=float, help="peak learning rate (None: 1e-3)")
+    g.add_argument("--epochs", default=None, type=int,
+                   help="epochs (None: " + _by_method(lambda m: m.DEFAULTS["epochs"]) + ")")
+    g.add_argument("--lr", default=None, type=float,
+                   help="peak learning rate (None: " + _by_method(lambda m: m.DEFAULTS["lr"]) + ")")
     g.add_argument("--weight-decay", default=5e-4, type=float)
     g.add_argument("--warmup-epochs", default=1.0, type=float, help="linear warm-up length in epochs")
     g.add_argument("--batch-size", default=None, type=int,
-                   help="supervised: P x K batch (None: 64); isr/moco: images of a super frame (None: 80)")
-
-    g = parser.add_argument_group("supervised source data (--method supervised)")
-    g.add_argument("--dataset", default=None,
-                   help="layout name (market1501, dukemtmc, msmt17, csv, synthetic); None: a synthetic source world")
-    g.add_argument("--root", default=None, metavar="DIR",
-                   help="dataset folder (None with no --dataset: RUN/source-data)")
-    g.add_argument("--source-seed", default=101, type=int, help="synthetic source world: generator seed")
-    g.add_argument("--source-cameras", default=6, type=int, help="synthetic source world: cameras")
-    g.add_argument("--source-identities", default=300, type=int, help="synthetic source world: train identities")
-    g.add_argument("--source-test-identities", default=40, type=int, help="synthetic source world: test identities")
-    g.add_argument("--num-instances", default=4, type=int, help="K of the P x K batches")
-    g.add_argument("--margin", default=0.3, type=float, help="batch-hard triplet margin")
-    g.add_argument("--pad", default=4, type=int, help="augmentation: zero padding before the random crop")
-    g.add_argument("--random-erasing", default=0.5, type=float, help="augmentation: random erasing probability")
-
-    g = parser.add_argument_group("unlabeled video crops (--method isr / moco)")
-    g.add_argument("--data", default=None, metavar="DIR",
-                   help="video-crop folder (videos/<video>/<frame>_<det>.jpg); None: synthetic street video in RUN/video-data")
-    g.add_argument("--video-seed", default=202, type=int, help="synthetic street video: generator seed")
-    g.add_argument("--num-videos", default=48, type=int, help="synthetic street video: videos")
-    g.add_argument("--num-frames", default=40, type=int, help="synthetic street video: frames per video")
-    g.add_argument("--delta-max", default=4, type=int, help="ISR: largest frame interval of a pair")
-    g.add_argument("--frames-per-video", default=3, type=int,
-                   help="ISR: frames drawn per video visit, paired with each other")
-    g.add_argument("--visits-per-epoch", default=4, type=int, help="isr/moco: times each video is visited per epoch")
-    g.add_argument("--gamma", default=6.0, type=float, help="ISR: reliability exponent (0: no reliability weighting)")
-    g.add_argument("--tau", default=0.1, type=float, help="ISR/MoCo: softmax temperature")
-    g.add_argument("--queue-weight", default=5.0, type=float, help="ISR: lambda, weight of the memory-queue loss")
-    g.add_argument("--queue-size", default=1024, type=int, help="isr/moco: memory queue length (features)")
-    g.add_argument("--hard-negatives", default=50, type=int,
-                   help="ISR: k hardest (most similar) other-video queue features per crop")
-    g.add_argument("--color-jitter", default=0.2, type=float,
-                   help="isr/moco augmentation: brightness, contrast and saturation jitter (with flip; "
-                        "moco also pads by --pad and crops)")
-    g.add_argument("--momentum", default=0.99, type=float, help="MoCo: key-encoder EMA momentum")
+                   help="supervised: P x K batch; isr/moco: images of a super frame (None: "
+                        + _by_method(lambda m: m.DEFAULTS["batch_size"]) + ")")
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` in two passes: the shared options choose the method (``--method``; with
+    ``--resume`` the stored one, read later), then the parser of that method reads ``argv``. A
+    flag of another method is a :class:`ConfigError` naming the method(s) it belongs to; any other
+    unknown flag is argparse's usage error (exit status 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first, _ = _shared_parser(add_help=False).parse_known_args(argv)
+    if "-h" in argv or "--help" in argv:
+        get_args_parser(method=first.method).parse_args(argv)  # prints every group and exits
+    parser = get_args_parser(add_help=False, method=first.method)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        flags = [token.split("=", 1)[0] for token in extras if token.startswith("--")]
+        if first.resume is not None:  # the stored method's flags too: refused as ignored by resume
+            check_resume_options(first.resume, explicit_options(argv))
+        refuse_foreign_options(first.method, [f[2:].replace("-", "_") for f in flags])
+        get_args_parser(method=first.method).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _owners(method):
+    """``{dest: [methods]}`` of the options the other methods define and ``method`` does not."""
+    own = set(vars(get_args_parser(add_help=False, method=method).parse_args([]))) if method else set()
+    owners = {}
+    for module in all_methods():
+        if module.NAME == method:
+            continue
+        for group in method_argument_groups(module):
+            for action in group._group_actions:
+                if action.dest not in own:
+                    owners.setdefault(action.dest, []).append(module.NAME)
+    return owners
+
+
+def refuse_foreign_options(method, names) -> None:
+    """Options (dests) ``names`` that only other methods define: :class:`ConfigError` naming
+    their methods and what ``method`` reads instead."""
+    owners = _owners(method)
+    foreign = {name: owners[name] for name in names if name in owners}
+    if not foreign:
+        return
+    flags = {f"--{name.replace('_', '-')}": owner for name, owner in foreign.items()}
+    named = ", ".join(f"{flag} (method {'/'.join(owner)})" for flag, owner in flags.items())
+    if method is None:
+        raise ConfigError(f"{named}: --method is required ({', '.join(method_names())}) unless --resume RUN is given")
+    raise ConfigError(f"{named} belong(s) to another method than --method {method} and would be ignored; "
+                      f"--method {method} reads {get_method(method).DATA}; drop them, or choose the method "
+                      f"they belong to (see {PROG} --help)")
+
+
 def explicit_options(argv) -> set:
-    """The options given in ``argv`` itself (not by defaults)."""
-    parser = get_args_parser(add_help=False)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(argv)[0]))
+    """The options given in ``argv`` itself (not by defaults), whichever method they belong to."""
+    given = set()
+    for method in (None, *method_names()):
+        parser = get_args_parser(add_help=False, method=method)
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        given |= set(vars(parser.parse_known_args(argv)[0]))
+    return given
 
 
 def check_resume_options(resume, given) -> None:
@@ -126,7 +168,7 @@ def check_resume_options(resume, given) -> None:
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the method-dependent defaults (in place) and return ``args``."""
-    for key, value in METHOD_DEFAULTS[args.method].items():
+    for key, value in method_defaults(args.method).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.output is None:
@@ -135,44 +177,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` naming every bad option and how to fix it."""
+    """Raise :class:`~timm_reid._run.ConfigError` (a ``ValueError``) naming every bad option and the
+    fix: the shared options here, the method's own by its ``check``."""
     problems = []
     problems += runtime_problems(args)
     try:
         PatchOptions.from_flags(args, 1)
     except (TypeError, ValueError) as e:
         problems.append(f"model options: {e}")
-    positive = ["epochs", "height", "width", "batch_size", "num_instances", "num_videos", "num_frames",
-                "delta_max", "visits_per_epoch", "queue_size", "hard_negatives"]
     problems += [f"--{k.replace('_', '-')} {getattr(args, k)} must be >= 1"
-                 for k in positive if getattr(args, k) < 1]
-    if args.lr <= 0 or args.weight_decay < 0 or args.warmup_epochs < 0:
-        problems.append("--lr must be > 0, --weight-decay and --warmup-epochs >= 0")
-    if args.method == "supervised" and args.batch_size % args.num_instances:
-        problems.append(f"--batch-size {args.batch_size} must be a multiple of --num-instances "
-                        f"{args.num_instances} (batch = P identities x K images)")
-    if args.method == "isr" and args.batch_size < 2:
-        problems.append(f"--batch-size {args.batch_size}: ISR matches crops within a super frame of --batch-size "
-                        "images, and one image has nothing to match (the loss would be 0); use >= 2")
-    if args.frames_per_video < 2:
-        problems.append(f"--frames-per-video {args.frames_per_video} must be >= 2 (frames are paired)")
-    if args.color_jitter < 0 or args.pad < 0:
-        problems.append("--color-jitter and --pad must be >= 0")
-    finite = {k: getattr(args, k) for k in ("gamma", "tau", "queue_weight", "margin", "lr", "weight_decay",
-                                            "warmup_epochs", "color_jitter", "random_erasing", "momentum")}
+                 for k in ("epochs", "height", "width", "batch_size") if getattr(args, k) < 1]
+    finite = {k: getattr(args, k) for k in ("lr", "weight_decay", "warmup_epochs")}
     problems += [f"--{k.replace('_', '-')} {v} must be a finite number"
                  for k, v in finite.items() if not math.isfinite(v)]
-    if args.gamma < 0 or args.tau <= 0 or args.queue_weight < 0 or args.margin < 0:
-        problems.append("--gamma, --queue-weight and --margin must be >= 0, --tau > 0")
-    if not 0 <= args.random_erasing <= 1:
-        problems.append(f"--random-erasing {args.random_erasing} must be a probability in [0, 1]")
-    if not 0 <= args.momentum < 1:
-        problems.append(f"--momentum {args.momentum} must be in [0, 1)")
-    if args.method != "supervised" and (args.dataset is not None or args.root is not None):
-        problems.append(f"--dataset/--root are the labeled source of --method supervised; "
-                        f"--method {args.method} reads unlabeled video crops with --data DIR")
-    if args.method == "supervised" and args.data is not None:
-        problems.append("--data is the video-crop folder of isr/moco; --method supervised reads "
-                        "--dataset NAME --root DIR")
+    if args.lr <= 0 or args.weight_decay < 0 or args.warmup_epochs < 0:
+        problems.append("--lr must be > 0, --weight-decay and --warmup-epochs >= 0")
+    problems += get_method(args.method).check(args)
     if problems:
-        raise ValueError("invalid options: " + "; ".join(problems))
+        raise ConfigError("invalid options: " + "; ".join(problems))

@@ -15,15 +15,15 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from timm_reid._records import check_stored_options, options_entry
-from timm_reid._run import (CHECKPOINT_FILE, RunFolder, atomic_save, derive_seed, load_checkpoint, seed_everything,
-                            write_json, write_jsonl)
+from timm_reid._run import (CHECKPOINT_FILE, RunFolder, atomic_save, derive_seed, load_checkpoint, progress_line,
+                            seed_everything, write_json, write_jsonl)
+from timm_reid._run import progress as progress_bar
 from timm_reid._runlock import RunLock
 from timm_reid.distributed import LOCAL, Dist
 
-__all__ = ["Task", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
+__all__ = ["Task", "build_backbone", "fit", "lr_at", "epoch_seed", "atomic_save", "write_json", "prepare_run_dir",
            "load_state", "seed_all", "CHECKPOINT_FILE", "RUNS"]
 
 # config.json: the config file before pretraining shared the run layer's config.yaml (old folders).
@@ -64,12 +64,24 @@ class Task:
         """Diagnostics of the epoch (written to metrics.jsonl)."""
         return {}
 
-    def extra_state(self) -> dict:
-        """Non-parameter state to checkpoint (tensors and plain types only)."""
+    def state_dict(self) -> dict:
+        """State beside ``modules`` to checkpoint (tensors and plain types only)."""
         return {}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         pass
+
+    def final_metrics(self, backbone: nn.Module) -> dict:
+        """Facts and scores of the trained backbone for ``final_metrics.json`` (rank 0 only)."""
+        return {}
+
+
+def build_backbone(args, num_cameras: int | None) -> nn.Module:
+    """A pooled-feature (``num_classes=0``) backbone, patched as the options say."""
+    from timm_reid.factory import create_model
+    from timm_reid.options import PatchOptions
+
+    return create_model(args.model, PatchOptions.from_flags(args, num_cameras), num_classes=0)
 
 
 def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
@@ -115,15 +127,14 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
         check_stored_options(task.modules["backbone"], state, os.path.join(run_dir, CHECKPOINT_FILE))
         task.modules.load_state_dict(state["modules"])
         optimizer.load_state_dict(state["optimizer"])
-        task.load_extra_state(state["task"])
+        task.load_state_dict(state["task"])
         history, start_epoch, elapsed = state["history"], state["epoch"], state["elapsed"]
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
         seed_everything(epoch_seed(seed, epoch))
         task.modules.train()
         sums, count = {}, 0
-        bar = tqdm(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(task.batches(epoch), total=per_epoch, desc=f"epoch {epoch + 1}/{epochs}", enabled=progress)
         for i, batch in enumerate(bar):
             current = lr_at(epoch * per_epoch + i, total=total, warmup=warmup, peak=lr)
             for group in optimizer.param_groups:
@@ -151,11 +162,11 @@ def fit(task: Task, *, run_dir: str, args_dict: dict, epochs: int, lr: float, we
             continue
         write_jsonl(history, os.path.join(run_dir, "metrics.jsonl"))
         atomic_save({"args": args_dict, "modules": task.modules.state_dict(), **options_entry(task.modules["backbone"]),
-                     "optimizer": optimizer.state_dict(), "task": task.extra_state(),
+                     "optimizer": optimizer.state_dict(), "task": task.state_dict(),
                      "history": history, "epoch": epoch + 1, "elapsed": elapsed},
                     os.path.join(run_dir, CHECKPOINT_FILE))
         if progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                               if k not in ("epoch", "steps") and isinstance(v, float))
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+            progress_line(f"epoch {epoch + 1}/{epochs}: {shown}")
     return history

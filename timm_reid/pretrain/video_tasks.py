@@ -18,6 +18,7 @@ step while each of its ``frames_per_video`` "super" frames holds at most ``batch
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -27,11 +28,76 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from timm_reid._run import ConfigError
 from timm_reid.data import IMAGENET_MEAN, IMAGENET_STD, read_image
 from timm_reid.pretrain.contrastive import FeatureQueue, match_frames, queue_loss, reliability_loss
 from timm_reid.pretrain.engine import Task
 
-__all__ = ["plan_steps", "video_transform", "ISRTask", "MoCoTask"]
+__all__ = ["plan_steps", "video_transform", "ISRTask", "MoCoTask", "VIDEO_GROUP", "add_video_arguments",
+           "video_problems", "load_video_data"]
+
+VIDEO_GROUP = "unlabeled video crops (--method isr / moco)"
+VIDEO_DATA = "unlabeled video crops (--data DIR)"
+
+
+def add_video_arguments(parser) -> None:
+    """The options of the video crops and their sampling, shared by ISR and MoCo (one group, titled
+    :data:`VIDEO_GROUP`, which ``--help`` shows once)."""
+    g = parser.add_argument_group(VIDEO_GROUP)
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="video-crop folder (videos/<video>/<frame>_<det>.jpg); None: synthetic street video in "
+                        "RUN/video-data")
+    g.add_argument("--video-seed", default=202, type=int, help="synthetic street video: generator seed")
+    g.add_argument("--num-videos", default=48, type=int, help="synthetic street video: videos")
+    g.add_argument("--num-frames", default=40, type=int, help="synthetic street video: frames per video")
+    g.add_argument("--delta-max", default=4, type=int, help="largest frame interval of the frames of a visit")
+    g.add_argument("--frames-per-video", default=3, type=int,
+                   help="frames drawn per video visit (ISR pairs them with each other)")
+    g.add_argument("--visits-per-epoch", default=4, type=int, help="times each video is visited per epoch")
+    g.add_argument("--tau", default=0.1, type=float, help="softmax temperature")
+    g.add_argument("--queue-size", default=1024, type=int, help="memory queue length (features)")
+    g.add_argument("--color-jitter", default=0.2, type=float,
+                   help="augmentation: brightness, contrast and saturation jitter (with flip; moco also pads by "
+                        "--pad and crops)")
+
+
+def video_problems(args) -> list:
+    """What is wrong with the shared video options, one sentence each."""
+    problems = [f"--{k.replace('_', '-')} {getattr(args, k)} must be >= 1"
+                for k in ("num_videos", "num_frames", "delta_max", "visits_per_epoch", "queue_size")
+                if getattr(args, k) < 1]
+    if args.frames_per_video < 2:
+        problems.append(f"--frames-per-video {args.frames_per_video} must be >= 2 (frames are paired)")
+    problems += [f"--{k.replace('_', '-')} {getattr(args, k)} must be a finite number"
+                 for k in ("tau", "color_jitter") if not math.isfinite(getattr(args, k))]
+    if args.color_jitter < 0:
+        problems.append("--color-jitter must be >= 0")
+    if args.tau <= 0:
+        problems.append("--tau must be > 0")
+    return problems
+
+
+def load_video_data(args, run_dir: str):
+    """``--data DIR`` (the video-crop layout), or synthetic street video generated once into
+    ``RUN/video-data``."""
+    import os
+
+    from timm_reid.data.video import load_or_generate_video, load_video_crops
+
+    try:
+        if args.data is not None:
+            return load_video_crops(args.data)
+        return load_or_generate_video(os.path.join(run_dir, "video-data"), seed=args.video_seed,
+                                      num_videos=args.num_videos, num_frames=args.num_frames,
+                                      image_size=(args.height, args.width))
+    except ValueError as e:  # a layout problem, or video-data of another config: the user's data
+        raise ConfigError(f"--data {args.data}: {e}" if args.data is not None else str(e)) from None
+
+
+def video_task_options(args) -> dict:
+    """The keyword arguments of :class:`ISRTask` / :class:`MoCoTask` the shared options give."""
+    return dict(frames_per_video=args.frames_per_video, delta_max=args.delta_max, batch_size=args.batch_size,
+                visits=args.visits_per_epoch, seed=args.seed, workers=args.workers, device=args.device)
 
 
 def video_transform(height: int, width: int, *, color_jitter: float, pad: int = 0) -> T.Compose:
@@ -122,11 +188,14 @@ class _VideoTask(Task):
         self.plan_kw = dict(visits=visits, frames_per_video=frames_per_video, delta_max=delta_max,
                             max_images=batch_size)
         if not plan_steps(self.frames_by_video, **{**self.plan_kw, "visits": 1}, rng=np.random.default_rng(0)):
-            raise ValueError(f"no video of {crops.root} has two frames within --delta-max {delta_max}; "
+            raise ConfigError(f"no video of {crops.root} has two frames within --delta-max {delta_max}; "
                              "raise --delta-max or give videos with more frames")
         self.sampler = _StepSampler()
         self.loader = DataLoader(_Crops([c.path for c in crops.crops], transform), batch_sampler=self.sampler,
                                  num_workers=workers)
+
+    def final_metrics(self, backbone):
+        return {"videos": len(self.crops.videos), "crops": len(self.crops.crops)}
 
     def plan(self, epoch: int) -> list[list[list[int]]]:
         return plan_steps(self.frames_by_video, **self.plan_kw, rng=np.random.default_rng([self.seed, epoch]))
@@ -202,10 +271,10 @@ class ISRTask(_VideoTask):
             self.pair_hook(epoch, list(self._pairs), list(self._reliability))
         return {"pairs": len(self._pairs)}
 
-    def extra_state(self):
+    def state_dict(self):
         return {"queue": self.queue.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_state_dict(self, state):
         self.queue.load_state_dict(state["queue"])
 
 
@@ -240,8 +309,8 @@ class MoCoTask(_VideoTask):
         for bk, bq in zip(self.modules["key"].buffers(), self.modules["backbone"].buffers()):
             bk.copy_(bq)
 
-    def extra_state(self):
+    def state_dict(self):
         return {"queue": self.queue.state_dict()}
 
-    def load_extra_state(self, state):
+    def load_state_dict(self, state):
         self.queue.load_state_dict(state["queue"])

@@ -1,4 +1,5 @@
-"""The reference two-stage unsupervised pipeline (IICS, with IIDS options).
+"""Unsupervised training: the methods of :mod:`timm_reid.train.protocol` (IICS with the IIDS
+options, ICE) in one harness.
 
 Command line: ``python -m timm_reid.train --help``. From Python::
 

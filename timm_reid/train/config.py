@@ -22,9 +22,8 @@ import warnings
 
 import yaml
 
-from timm_reid._cli import default_device, runtime_problems
+from timm_reid._cli import add_patch_arguments, default_device, method_argument_groups, runtime_problems
 from timm_reid._run import refuse_flags_ignored_by_resume, write_config
-from timm_reid.surgery import ENTRIES
 from timm_reid.train.errors import ConfigError
 from timm_reid.train.methods import (DEFAULT_METHOD, all_methods, get_method, method_names, preset_names,
                                      preset_owner, preset_path)
@@ -53,7 +52,7 @@ def get_args_parser(add_help=True, method=None):
         if module.NAME == method:
             module.add_arguments(parser)
         elif add_help:
-            parser._action_groups.extend(_method_groups(module))  # shown in --help, never parsed
+            parser._action_groups.extend(method_argument_groups(module))  # shown in --help, never parsed
     return parser
 
 
@@ -70,23 +69,16 @@ def _shared_parser(add_help):
     return parser
 
 
-def _method_groups(module):
-    """The argument groups ``module.add_arguments`` adds, built on a parser of their own."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    known = len(parser._action_groups)
-    module.add_arguments(parser)
-    return parser._action_groups[known:]
-
-
 def _method_options(module):
     """``{dest: action}`` of a method's own options."""
-    return {a.dest: a for g in _method_groups(module) for a in g._group_actions}
+    return {a.dest: a for g in method_argument_groups(module) for a in g._group_actions}
 
 
 def _add_config_arguments(parser):
     g = parser.add_argument_group("config")
     g.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
-                   help="training method (its options below; None given: the --config file's or --preset's method)")
+                   help="training method (its options below); without --method: the --config file's method:, else "
+                        "the method of --preset, else " + DEFAULT_METHOD)
     g.add_argument("--preset", default=None, choices=preset_names(),
                    help="YAML preset giving the defaults, and the method that owns it; None: the method's default, "
                         + ", ".join(f"{m.NAME}: '{m.DEFAULT_PRESETS[0]}' without --dataset, '{m.DEFAULT_PRESETS[1]}' "
@@ -146,17 +138,7 @@ def _add_model_arguments(parser):
                         "(minutes), then reused")
     g.add_argument("--init-cache", default=os.path.join("runs", "pretrained"), metavar="DIR",
                    help="--init: where the pretrained starting points are kept")
-    g.add_argument("--aibn", default=[], type=int, nargs="*", help="stages (from 1) whose norms become AIBN")
-    g.add_argument("--tnorm", default=[], type=int, nargs="*", help="stages (from 1) followed by a TNorm")
-    g.add_argument("--aibn-mix", default="var", choices=("var", "std"),
-                   help="AIBN mixing: variances (IICS) or standard deviations (Qureshi & Dehghani)")
-    g.add_argument("--aibn-gate-init", default=0.1, type=float, help="initial AIBN gate (weight of batch stats)")
-    g.add_argument("--aibn-entry", default="blend", choices=ENTRIES,
-                   help="how AIBN enters the backbone: replace its norms (papers) or blend in beside them from 0 "
-                        "(keeps a pretrained backbone's function; see timm_reid.patch)")
-    g.add_argument("--tnorm-mode", default="transform", choices=("transform", "normalize"),
-                   help="TNorm: IIDS style transform or per-camera normalization (Qureshi & Dehghani)")
-    g.add_argument("--last-stride", default=None, type=int, help="stride of the last stage (ReID: 1); None keeps it")
+    add_patch_arguments(g)
     g = parser.add_argument_group("AIBN calibration (before training)")
     g.add_argument("--calibrate-aibn", default=0, type=int, metavar="N",
                    help="before training, set the AIBN running statistics to those of N training images (no "

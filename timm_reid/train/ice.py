@@ -33,9 +33,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from timm_reid._run import derive_seed
+from timm_reid._run import derive_seed, progress
 from timm_reid.cluster import dbscan_auto, dbscan_jaccard
 from timm_reid.data import ImageDataset, RandomIdentitySampler
 from timm_reid.train.auto_options import is_auto, number_or_auto
@@ -261,8 +260,7 @@ class Trainer:
                             sampler=sampler, num_workers=ctx.workers, drop_last=True)
         sums = {}
         batches = _infinite(loader, sampler)
-        bar = tqdm(range(opts.iters), desc=f"ice epoch {epoch + 1}/{opts.epochs}", disable=not ctx.progress,
-                   leave=False)
+        bar = progress(range(opts.iters), desc=f"ice epoch {epoch + 1}/{opts.epochs}", enabled=ctx.progress)
         for i in bar:
             images, targets, camids, _ = next(batches)
             losses = self.train_step(images, targets.to(ctx.device), camids.to(ctx.device),

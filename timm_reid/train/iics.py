@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from timm_reid._run import progress as progress_bar
 from timm_reid.cluster import (IntraCameraClusters, cluster_inter_camera, cluster_intra_camera,
                                estimate_camera_cluster_counts, estimate_num_clusters)
 from timm_reid.data import CameraBatchSampler, ImageDataset, RandomIdentitySampler
@@ -366,7 +366,7 @@ def train_intra_epoch(net, loader, optimizer, *, joint_forward, self_distill, co
     device = next(net.parameters()).device
     net.train()
     total, steps = 0.0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(loader, desc=desc, enabled=progress)
     for images, labels, camids, _ in bar:
         labels, camids = labels.to(device), camids.to(device)
         views = [v.to(device) for v in images] if self_distill > 0 else [images.to(device)]
@@ -462,7 +462,7 @@ def train_inter_epoch(net, loader, optimizer, *, margin, triplet_weight, self_di
     net.train()
     head = net.heads[0]
     ce_sum, tri_sum, steps = 0.0, 0.0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(loader, desc=desc, enabled=progress)
     for images, labels, camids, _ in bar:
         labels, camids = labels.to(device), camids.to(device)
         view1 = (images[0] if self_distill > 0 else images).to(device)

@@ -2,24 +2,22 @@
 
 A module of :mod:`timm_reid.train` is a method when its top level assigns ``NAME = "<name>"`` and
 defines ``Trainer`` (:mod:`timm_reid.train.protocol` lists what else it provides). Modules are
-found by reading the package's files (their syntax tree, without importing them) and imported
-only when asked for, so adding ``timm_reid/train/gur.py`` makes ``--method gur`` exist; there is
-no registry to edit.
+found by reading the package's files (their syntax tree, without importing them;
+:func:`timm_reid._discovery.discover`, shared with pretraining) and imported only when asked
+for, so adding ``timm_reid/train/gur.py`` makes ``--method gur`` exist; there is no registry to edit.
 
 Order (``--method`` choices, ``--help`` groups): :data:`DEFAULT_METHOD` first, then by name.
 """
 
 from __future__ import annotations
 
-import ast
-import os
 import sys
 from functools import lru_cache
-from importlib import import_module
 from pathlib import Path
 
+from timm_reid._discovery import discover, load_method
 from timm_reid.train.errors import ConfigError
-from timm_reid.train.protocol import missing_attributes
+from timm_reid.train.protocol import REQUIRED
 
 __all__ = ["DEFAULT_METHOD", "all_methods", "get_method", "method_names", "preset_names", "preset_owner",
            "preset_path"]
@@ -33,43 +31,10 @@ def _package_path():
     return tuple(sys.modules[__package__].__path__)
 
 
-def _declared_name(path):
-    """The ``NAME`` a module file assigns at top level if it also defines ``Trainer``, else None."""
-    try:
-        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
-    except (OSError, SyntaxError, UnicodeDecodeError):
-        return None
-    name, trainer = None, False
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else []
-        for target in targets:
-            if isinstance(target, ast.Name) and target.id == "NAME" and isinstance(node.value, ast.Constant):
-                name = node.value.value if isinstance(node.value.value, str) else None
-            if isinstance(target, ast.Name) and target.id == "Trainer":
-                trainer = True
-        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
-            trainer = True
-    return name if trainer else None
-
-
 @lru_cache(maxsize=8)
 def _discover(package_path):
     """``{method name: dotted module}`` of the method modules in ``package_path``'s folders."""
-    found = {}
-    for folder in package_path:
-        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            stem, ext = os.path.splitext(entry)
-            if ext != ".py" or stem.startswith("_"):
-                continue
-            name = _declared_name(os.path.join(folder, entry))
-            if name is None:
-                continue
-            module = f"{__package__}.{stem}"
-            if name in found and found[name] != module:
-                raise RuntimeError(f"two training methods are named {name!r}: {found[name]} and {module}; "
-                                   "rename one (its NAME)")
-            found[name] = module
-    return dict(sorted(found.items(), key=lambda item: (item[0] != DEFAULT_METHOD, item[0])))
+    return discover(package_path, __package__, "Trainer", kind="training", first=(DEFAULT_METHOD,))
 
 
 def method_names():
@@ -80,15 +45,8 @@ def method_names():
 def get_method(name):
     """The module of method ``name``; :class:`ConfigError` for an unknown name, ``TypeError`` for a
     module that lacks part of the protocol (a programming error in the method, named)."""
-    methods = _discover(_package_path())
-    if name not in methods:
-        raise ConfigError(f"unknown --method {name!r}; valid methods: {', '.join(methods)}")
-    module = import_module(methods[name])
-    missing = missing_attributes(module)
-    if missing:
-        raise TypeError(f"training method {name!r} ({module.__name__}) lacks {', '.join(missing)}; "
-                        "see timm_reid.train.protocol")
-    return module
+    return load_method(_discover(_package_path()), name, REQUIRED, kind="training",
+                       protocol="timm_reid.train.protocol", error=ConfigError)
 
 
 def all_methods():

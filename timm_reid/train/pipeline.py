@@ -12,6 +12,7 @@ select a checkpoint.
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -397,7 +398,7 @@ def _warn_if_calibration_changes_nothing(backbone, *, refit):
 # ------------------------------------------------------------------------------------------------ evaluation
 
 def summary(split_metrics):
-    keys = ("mAP", "rank1", "rank5", "rank10", "mINP", "same_camera_top1")
+    keys = ("mAP", "rank1", "rank5", "rank10", "mINP", "same_camera_top1", "protocol")  # protocol: not reid
     out = {k: split_metrics["test"][k] for k in keys if k in split_metrics.get("test", {})}
     if "val" in split_metrics:
         out["val"] = {k: split_metrics["val"][k] for k in keys if k in split_metrics["val"]}
@@ -423,10 +424,18 @@ def format_table(result):
     rows = [("initial", result["initial"]), ("final", result["final"])]
     lines = [f"{'model':<10}{'mAP':>8}{'rank-1':>8}{'same-cam top-1':>16}"]
     for name, m in rows:
-        lines.append(f"{name:<10}{100 * m.get('mAP', float('nan')):>7.1f}%{100 * m.get('rank1', float('nan')):>7.1f}%"
-                     f"{100 * m.get('same_camera_top1', float('nan')):>15.1f}%")
+        lines.append(f"{name:<10}{_percent(m, 'mAP', 8)}{_percent(m, 'rank1', 8)}{_percent(m, 'same_camera_top1', 16)}")
     note = "  (inter cluster count: ORACLE = true identity count)" if result.get("oracle_clusters") else ""
     return "\n".join(lines) + f"\n{result['rounds']} rounds, {result['wall_time_s']:.0f} s{note}"
+
+
+def _percent(metrics, key, width):
+    """``metrics[key]`` as a percentage right-aligned in ``width``; "-" where the metric does not
+    apply (the visible-infrared protocols have no same-camera top-1) or is not a number."""
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{100 * value:>{width - 1}.1f}%"
 
 
 def write_plots(run_dir, *, history, initial, final, features):

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
+from timm_reid._discovery import missing_attributes as _missing
+
 __all__ = ["MethodModule", "Trainer", "missing_attributes", "REQUIRED"]
 
 Position = Tuple[int, ...]
@@ -105,4 +107,4 @@ REQUIRED = {"NAME": "the --method name (str)", "PRESETS": "{preset name: YAML fi
 
 def missing_attributes(module) -> list:
     """The protocol attributes ``module`` lacks, as ``"NAME (what it is)"`` strings."""
-    return [f"{name} ({what})" for name, what in REQUIRED.items() if not hasattr(module, name)]
+    return _missing(module, REQUIRED)
