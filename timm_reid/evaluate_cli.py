@@ -159,22 +159,28 @@ def _checkpoint_net(path):
         raise ValueError(f"{path} is not a readable timm-reid checkpoint ({type(exc).__name__}: {exc})") from None
     a = argparse.Namespace(**state["args"])
     num_cameras = state.get("num_cameras", getattr(a, "synthetic_cameras", None))
-    backbone = _stored_backbone(a, num_cameras, state["model"], path)
+    backbone = _stored_backbone(a, num_cameras, state["model"], path, split=state.get("dual_stream"))
     spec = {"input_size": (a.height, a.width), "num_cameras": num_cameras if a.tnorm else None,
             "camera_aggregate": bool(getattr(a, "camera_aggregate", False)), "train_args": a,
             "checkpoint": path, "protocol": state.get("evaluation", "reid")}  # the method's test protocol
     return backbone, spec
 
 
-def _stored_backbone(train_args, num_cameras, model_state, path):
+def _stored_backbone(train_args, num_cameras, model_state, path, split=None):
     """``create_model`` with the run's model flags (``--aibn-KEY`` / ``--tnorm-KEY`` / ``--KEY`` name
-    the patch option ``KEY``: ``PatchOptions.from_flags``), loaded with the ``backbone.*`` weights."""
+    the patch option ``KEY``: ``PatchOptions.from_flags``), loaded with the ``backbone.*`` weights;
+    ``split``: a GUR checkpoint's dual-stream split, applied before the weights load."""
     from timm_reid.factory import create_model
     from timm_reid.options import PatchOptions
 
     flags = argparse.Namespace(**{k: v for k, v in vars(train_args).items()
                                   if k in ("aibn", "tnorm", "last_stride") or k.startswith(("aibn_", "tnorm_"))})
     backbone = create_model(train_args.model, PatchOptions.from_flags(flags, num_cameras), num_classes=0)
+    if split is not None:
+        from timm_reid.models.dual_stream import dual_stream
+
+        dual_stream(backbone, split["infrared_cameras"], num_cameras=split.get("num_cameras", num_cameras),
+                    specific_stages=split["specific_stages"])
     prefix = "backbone."
     weights = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     if not weights:

@@ -187,13 +187,18 @@ def _check_gur_run(run, epochs):
     return result
 
 
-def test_tiny_gur_run_end_to_end_and_its_backbone_reloads(vi_dir, tmp_path):
+def test_tiny_gur_run_end_to_end_and_its_backbone_reloads(vi_dir, tmp_path, capsys):
     import timm_reid
+    from timm_reid import evaluate_cli
     from timm_reid.train import main, parse_args
 
     run = tmp_path / "run"
     main(parse_args(gur_argv(vi_dir, run)))
-    _check_gur_run(run, 1)
+    result = _check_gur_run(run, 1)
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(run / "final.pth")]) in (0, None)  # splits, then loads
+    out = capsys.readouterr().out
+    assert "sysumm01-all-single-shot" in out and f"mAP={100 * result['final']['mAP']:.1f}" in out
     backbone = timm_reid.load_backbone(str(run))
     assert backbone.timm_reid_backbone["dual_stream"]["infrared_cameras"] == [3, 4]
     x = torch.randn(2, 3, 64, 32)

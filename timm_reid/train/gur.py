@@ -475,7 +475,8 @@ class Trainer:
 
     def state_dict(self):
         return {"model": self.net.state_dict(), "head_sizes": [], "optimizer": self.optimizer.state_dict(),
-                "dual_stream": {"infrared_cameras": self.infrared, "specific_stages": self.opts.specific_stages}}
+                "dual_stream": {"infrared_cameras": self.infrared, "num_cameras": self.ctx.num_cameras,
+                                "specific_stages": self.opts.specific_stages}}
 
     def load_state_dict(self, state):
         self.net.load_state_dict(state["model"])
