@@ -175,7 +175,7 @@ def report(results):
                      f"{_ms([100 * by_seed[s]['initial']['mAP'] for s in seeds])} | "
                      f"{_ms([100 * by_seed[s]['final']['mAP'] for s in seeds])} | {delta} |")
     starts = sorted({r["init"] for r in records(results) if r["row"] == "plain"})
-    head = "## Strengths used (plain model loses >= 10 mAP against no gap)\n"
+    head = "## Strengths used (plain model loses >= 10 mAP against no gap; among the strengths tried so far)\n"
     for init in starts:
         chosen = chosen_strengths(results, init=init)
         head += f"\n{init}:\n" + "\n".join(
