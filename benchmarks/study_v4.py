@@ -118,11 +118,11 @@ def records(results):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def chosen_strengths(results, model="convnext_atto"):
-    """factor -> (strength, reached) from the calibration records (module docstring)."""
+def chosen_strengths(results, model="convnext_atto", init="random"):
+    """factor -> (strength, reached) from the calibration records of one start (module docstring)."""
     final = {}
     for r in records(results):
-        if r["row"] == "plain" and r["model"] == model and r["init"] == "random" and r["seed"] in CALIBRATION_SEEDS:
+        if r["row"] == "plain" and r["model"] == model and r["init"] == init and r["seed"] in CALIBRATION_SEEDS:
             final.setdefault(r["config"], []).append(100 * r["final"]["mAP"])
     if "nogap" not in final:
         return {}
@@ -137,15 +137,16 @@ def chosen_strengths(results, model="convnext_atto"):
 
 
 def calibrate(args):
-    """The plain model on ``nogap`` and every factor at every strength (or only ``--configs``)."""
+    """The plain model on ``nogap`` and every factor at every strength (or only ``--configs``),
+    from ``--init-path`` when given (the main rows then use the strengths of that start)."""
     configs = args.configs or ["nogap", *(f"{f}@{s:g}" for f in FACTORS for s in STRENGTHS)]
     for seed in (s for s in args.seeds if s in CALIBRATION_SEEDS):
         for config in configs:
-            run(args.results, "plain", config, seed, args.rounds, args.model, {})
+            run(args.results, "plain", config, seed, args.rounds, args.model, {}, args.init_path)
 
 
 def main_rows(args):
-    chosen = chosen_strengths(args.results)
+    chosen = chosen_strengths(args.results, args.model, _relative(args.init_path) or "random")
     missing = [f for f in FACTORS if f not in chosen]
     if missing:
         sys.exit(f"calibrate first: no calibration runs for {', '.join(missing)} "
@@ -173,9 +174,12 @@ def report(results):
         lines.append(f"| {model} | {init} | {config} | {row} | {len(seeds)} | "
                      f"{_ms([100 * by_seed[s]['initial']['mAP'] for s in seeds])} | "
                      f"{_ms([100 * by_seed[s]['final']['mAP'] for s in seeds])} | {delta} |")
-    chosen = chosen_strengths(results)
-    head = "## Strengths used (plain model loses >= 10 mAP against no gap)\n\n" + "\n".join(
-        f"- {f}: {s:g}" + ("" if ok else " (10 points not reached; largest tried)") for f, (s, ok) in chosen.items())
+    starts = sorted({r["init"] for r in records(results) if r["row"] == "plain"})
+    head = "## Strengths used (plain model loses >= 10 mAP against no gap; among the strengths tried so far)\n"
+    for init in starts:
+        chosen = chosen_strengths(results, init=init)
+        head += f"\n{init}:\n" + "\n".join(
+            f"- {f}: {s:g}" + ("" if ok else " (10 points not reached; largest tried)") for f, (s, ok) in chosen.items())
     text = head + "\n\n## Runs\n\n" + "\n".join(lines) + "\n"
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "tables.md"), "w") as f:

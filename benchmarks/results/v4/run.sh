@@ -15,3 +15,13 @@ python -m timm_reid.train --preset demo --aibn --tnorm --height 128 --width 64 -
 # still to run (with the fixed scene factor): the full calibration, then the main rows
 # python benchmarks/study_v4.py --phase calibrate
 # python benchmarks/study_v4.py --phase main --rows entry calibrated tnorm
+# second session (2026-12-03 evening), with the fixed scene factor:
+# random init, seed 0: nogap again, then cast@4 (the rest of this pass was replaced by the pretrained start below)
+python benchmarks/study_v4.py --phase calibrate --seeds 0 --configs nogap cast@4
+# the supervised synthetic-source start at 128x64 (40 epochs, 41 min on one shared thread; not committed: 14 MB)
+INIT=benchmarks/results/v4/init/supervised-source-convnext_atto-128x64
+python -m timm_reid.pretrain --method supervised --epochs 40 --model convnext_atto --height 128 --width 64 \
+    --seed 0 --output $INIT --threads 1 --no-progress
+# calibration from that start, seed 0, each factor at strength 4 first (stopped after scene@4; resumable)
+python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors \
+    --configs nogap cast@4 scene@4 blur@4 illumination@4 resolution@4 viewpoint@4
