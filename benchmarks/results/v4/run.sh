@@ -22,6 +22,6 @@ python benchmarks/study_v4.py --phase calibrate --seeds 0 --configs nogap cast@4
 INIT=benchmarks/results/v4/init/supervised-source-convnext_atto-128x64
 python -m timm_reid.pretrain --method supervised --epochs 40 --model convnext_atto --height 128 --width 64 \
     --seed 0 --output $INIT --threads 1 --no-progress
-# calibration from that start, seed 0, each factor at strength 4 first (stopped after blur@4; resumable)
+# calibration from that start, seed 0, each factor at strength 4 first (the last three configurations ran as separate invocations, two at a time; resumable)
 python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors \
     --configs nogap cast@4 scene@4 blur@4 illumination@4 resolution@4 viewpoint@4
