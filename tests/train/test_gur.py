@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from tests.train.tiny import interrupt_step
 from timm_reid.data.layouts import INFRARED, VISIBLE
 from timm_reid.train.gur_parts import GRAY_WEIGHTS, ChannelExchange, DomainMemory, centroids, modality_loss
 
@@ -211,16 +212,8 @@ def test_gur_resume_equals_uninterrupted_run(vi_dir, tmp_path, monkeypatch):
 
     argv = ["--epochs", "2", "--clu-epochs", "1", "--seed", "4"]
     full = main(parse_args(gur_argv(vi_dir, tmp_path / "full", *argv)))
-    real_step, calls = gur.Trainer.step, []
-
-    def interrupt_in_epoch_2(self, position):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(self, position)
-
     run = tmp_path / "resumed"
-    monkeypatch.setattr(gur.Trainer, "step", interrupt_in_epoch_2)
+    real_step = interrupt_step(monkeypatch, gur.Trainer, at=2)  # in epoch 2
     with pytest.raises(KeyboardInterrupt):
         main(parse_args(gur_argv(vi_dir, run, *argv)))
     assert load_checkpoint(run / "last.pth")["next"] == [1, 0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tests.train.tiny import TINY_DATA
+from tests.train.tiny import TINY_DATA, interrupt_step
 from timm_reid.distributed import LOCAL
 from timm_reid.factory import create_model
 from timm_reid.train import ice, main, parse_args
@@ -261,16 +261,8 @@ def test_tiny_ice_run_on_synthetic_data(tmp_path):
 def test_ice_resume_equals_uninterrupted_run(market_dir, tmp_path, monkeypatch):
     argv = ["--dataset", "market1501", "--root", str(market_dir), "--epochs", "2", "--seed", "4"]
     full = main(parse_args(ice_argv(tmp_path / "full", *argv)))
-    real_step, calls = ice.Trainer.step, []
-
-    def interrupt_in_epoch_2(self, position):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_step(self, position)
-
     run = tmp_path / "resumed"
-    monkeypatch.setattr(ice.Trainer, "step", interrupt_in_epoch_2)
+    real_step = interrupt_step(monkeypatch, ice.Trainer, at=2)  # in epoch 2
     with pytest.raises(KeyboardInterrupt):
         main(parse_args(ice_argv(run, *argv)))
     assert load_checkpoint(run / "last.pth")["next"] == [1, 0]

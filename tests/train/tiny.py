@@ -18,3 +18,18 @@ def tiny_argv(output, *extra):
             "--inter-clusters", "14", "--intra-batch-size", "8", "--batch-size", "16", "--num-instances", "4",
             "--test-batch-size", "64", "--threads", "1", "--k1", "6", "--k2", "3", "--no-progress", "--no-plots",
             *extra]
+
+
+def interrupt_step(monkeypatch, trainer_cls, at: int):
+    """Make ``trainer_cls.step`` raise KeyboardInterrupt on its ``at``-th call (a Ctrl-C inside a
+    run); returns the real ``step`` to put back before resuming."""
+    real_step, calls = trainer_cls.step, []
+
+    def interrupted(self, position):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real_step(self, position)
+
+    monkeypatch.setattr(trainer_cls, "step", interrupted)
+    return real_step

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["RandomIdentitySampler", "CameraBatchSampler"]
+__all__ = ["RandomIdentitySampler", "CameraBatchSampler", "infinite_batches"]
 
 
 def _group(labels: Sequence[int], *, skip_negative: bool) -> dict[int, list[int]]:
@@ -139,3 +139,13 @@ class CameraBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         counts = [len(m) // self.images_per_camera for m in self.groups.values()]
         return sum(counts) if self.single_camera else min(counts)
+
+
+def infinite_batches(loader, sampler):
+    """``loader``'s batches without end, ``sampler.set_epoch`` advanced at every pass (so that a
+    fixed number of iterations may span several passes of a shuffled sampler)."""
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1

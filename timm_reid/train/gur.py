@@ -52,13 +52,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from timm_reid._run import derive_seed, progress
 from timm_reid.cluster import association_embedding, dbscan_auto, dbscan_jaccard, unify_labels
 from timm_reid.cluster.association import HOMOGENEOUS_VOTES
 from timm_reid.data import RandomIdentitySampler
 from timm_reid.data.image_dataset import read_image
 from timm_reid.data.layouts import INFRARED, VISIBLE, modality_of
+from timm_reid.data.samplers import infinite_batches
 from timm_reid.models.dual_stream import dual_stream
 from timm_reid.train.auto_options import is_auto, number_or_auto
 from timm_reid.train.diagnostics import cluster_quality
@@ -66,6 +67,7 @@ from timm_reid.train.errors import ConfigError
 from timm_reid.train.features import l2_normalize
 from timm_reid.train.gur_parts import ChannelExchange, DomainMemory, centroids, modality_loss
 from timm_reid.train.model import build_optimizer
+from timm_reid.train.protocol import EpochSchedule
 
 NAME = "gur"
 EVALUATION = "sysumm01"
@@ -222,28 +224,20 @@ class _Views(Dataset):
 
     def __getitem__(self, i):
         r = self.records[i]
-        view = self.transform(read_image(r.path))
-        modality = modality_of(r)
-        other = self.channel_exchange(self.transform(read_image(r.path))) \
+        image, modality = read_image(r.path), modality_of(r)
+        view = self.transform(image)
+        other = self.channel_exchange(self.transform(image)) \
             if modality == VISIBLE and self.channel_exchange is not None else view
         return view, other, self.rows[i], r.camid, modality
 
 
 def epoch_seed(seed, epoch, stage=0):
-    return (seed * 1_000_003 + epoch * 131 + stage * 17 + 5) % (2**31)
-
-
-def _infinite(loader, sampler):
-    epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    return derive_seed(seed, ((epoch, 131), (stage, 17)), salt=5)
 
 
 # ------------------------------------------------------------------------------------------ trainer
 
-class Trainer:
+class Trainer(EpochSchedule):
     """A dual-stream network trained by GUR's bottom-up stages; a step is one epoch."""
 
     def __init__(self, ctx, args):
@@ -264,17 +258,8 @@ class Trainer:
         self.camids = np.array([r.camid for r in train])
         self.pids = np.array([r.pid for r in train])
 
-    def start(self):
-        return (0, 0)
-
-    def done(self, position):
-        return position[0] >= self.opts.epochs
-
     def step_seed(self, position):
         return epoch_seed(self.seed, position[0])
-
-    def describe(self, position):
-        return f"epoch {position[0] + 1}"
 
     def clu_phase(self, epoch):
         """``(transfer, smooth)``: whether CLU runs in ``epoch`` (0-based), and with smoothing."""
@@ -446,8 +431,8 @@ class Trainer:
                                         seed=epoch_seed(self.seed, epoch, 1 + STAGES.index(stage)))
         loader = DataLoader(_Views(records, rows[keep].tolist(), ctx.train_tf, self.channel_exchange),
                             batch_size=ctx.batch_size, sampler=sampler, num_workers=ctx.workers, drop_last=True)
-        batches, total = _infinite(loader, sampler), 0.0
-        bar = tqdm(range(iters), desc=f"gur epoch {epoch + 1} {stage}", disable=not ctx.progress, leave=False)
+        batches, total = infinite_batches(loader, sampler), 0.0
+        bar = progress(range(iters), desc=f"gur epoch {epoch + 1} {stage}", enabled=ctx.progress)
         for _ in bar:
             total += self.train_step(memory, *next(batches))
             bar.set_postfix(loss=f"{total / (_ + 1):.3f}")

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from timm_reid._run import derive_seed, progress
 from timm_reid.cluster import dbscan_auto, dbscan_jaccard
 from timm_reid.data import ImageDataset, RandomIdentitySampler
+from timm_reid.data.samplers import infinite_batches
 from timm_reid.train.auto_options import is_auto, number_or_auto
 from timm_reid.train.diagnostics import cluster_quality, label_stats
 from timm_reid.train.errors import ConfigError
@@ -44,6 +45,7 @@ from timm_reid.train.features import l2_normalize
 from timm_reid.train.losses import (hard_instance_loss, proxy_agnostic_loss, proxy_cross_camera_loss,
                                     soft_consistency_loss)
 from timm_reid.train.model import build_optimizer
+from timm_reid.train.protocol import EpochSchedule
 
 NAME = "ice"
 PRESETS = {"ice-demo": "presets/ice-demo.yaml", "ice": "presets/ice.yaml"}
@@ -175,15 +177,7 @@ def warmup_factor(epoch, warmup_epochs):
     return 0.1 * (1 - alpha) + alpha
 
 
-def _infinite(loader, sampler):
-    epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
-class Trainer:
+class Trainer(EpochSchedule):
     """Online and momentum encoders; a step is one epoch (clustering + ``--iters`` iterations)."""
 
     def __init__(self, ctx, args):
@@ -197,17 +191,8 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.num_rounds = self.opts.epochs
 
-    def start(self):
-        return (0, 0)
-
-    def done(self, position):
-        return position[0] >= self.opts.epochs
-
     def step_seed(self, position):
         return epoch_seed(self.seed, position[0])
-
-    def describe(self, position):
-        return f"epoch {position[0] + 1}"
 
     def step(self, position):
         epoch = position[0]
@@ -259,7 +244,7 @@ class Trainer:
         loader = DataLoader(ImageDataset(recs, ThreeViews(ctx.train_tf, ctx.test_tf)), batch_size=ctx.batch_size,
                             sampler=sampler, num_workers=ctx.workers, drop_last=True)
         sums = {}
-        batches = _infinite(loader, sampler)
+        batches = infinite_batches(loader, sampler)
         bar = progress(range(opts.iters), desc=f"ice epoch {epoch + 1}/{opts.epochs}", enabled=ctx.progress)
         for i in bar:
             images, targets, camids, _ = next(batches)

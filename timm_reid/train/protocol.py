@@ -34,7 +34,7 @@ from typing import Any, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 from timm_reid._discovery import missing_attributes as _missing
 
-__all__ = ["MethodModule", "Trainer", "missing_attributes", "REQUIRED"]
+__all__ = ["EpochSchedule", "MethodModule", "Trainer", "missing_attributes", "REQUIRED"]
 
 Position = Tuple[int, ...]
 
@@ -77,6 +77,20 @@ class Trainer(Protocol):
 
     def summary(self) -> dict:
         """Method facts added to ``final_metrics.json``."""
+
+
+class EpochSchedule:
+    """``start`` / ``done`` / ``describe`` of a method whose step is one epoch: positions
+    ``(epoch, 0)``, ``self.num_rounds`` epochs in all (ICE, GUR)."""
+
+    def start(self):
+        return (0, 0)
+
+    def done(self, position):
+        return position[0] >= self.num_rounds
+
+    def describe(self, position):
+        return f"epoch {position[0] + 1}"
 
 
 @runtime_checkable
