@@ -147,12 +147,13 @@ def calibrate(args):
 
 def main_rows(args):
     chosen = chosen_strengths(args.results, args.model, _relative(args.init_path) or "random")
-    missing = [f for f in FACTORS if f not in chosen]
+    strengths = {f: s for f, (s, _) in chosen.items()}
+    configs = args.configs or ["nogap", *(f"{f}@{strengths.get(f, 0):g}" for f in FACTORS), "all", "all-shared-colour"]
+    needed = {c.split("@")[0] for c in configs if "@" in c} | (set(FACTORS) if any(c.startswith("all") for c in configs) else set())
+    missing = sorted(needed - set(chosen))
     if missing:
         sys.exit(f"calibrate first: no calibration runs for {', '.join(missing)} "
                  "(python benchmarks/study_v4.py --phase calibrate)")
-    strengths = {f: s for f, (s, _) in chosen.items()}
-    configs = ["nogap", *(f"{f}@{strengths[f]:g}" for f in FACTORS), "all", "all-shared-colour"]
     rows = [r for g in args.rows for r in GROUPS.get(g, [g])]
     for seed in args.seeds:
         for config in configs:
@@ -194,7 +195,7 @@ def main():
     p.add_argument("--rows", nargs="+", default=["entry"], help=f"row names or groups {sorted(GROUPS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=None,
-                   help="calibrate: only these data configurations (e.g. nogap blur@4)")
+                   help="only these data configurations (e.g. nogap blur@4; main: default every factor at its chosen strength)")
     p.add_argument("--model", default="convnext_atto")
     p.add_argument("--init-path", default="", help="a backbone.safetensors to start from (default: random init)")
     p.add_argument("--rounds", type=int, default=4)
