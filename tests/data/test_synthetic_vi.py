@@ -128,3 +128,43 @@ def test_command_line(tmp_path, capsys):
         main(["--out", str(tmp_path / "x"), "--modality", "vi", "--num-distractors", "5"])
     assert exit_info.value.code == 2
     assert "--num-distractors: not used with --modality vi" in capsys.readouterr().err
+
+
+def _vi_tree_digest(root):
+    h = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, root).encode() + open(path, "rb").read())
+    return h.hexdigest()
+
+
+def test_default_options_write_the_files_written_before_infrared_from_visible(tmp_path):
+    # Digest of every file (meta.json included) as the generator wrote them before the option.
+    generate_synthetic_vi(tmp_path / "d", seed=3, num_identities=6, num_test_identities=6, image_size=(32, 16))
+    assert "infrared_from_visible" not in (tmp_path / "d" / "meta.json").read_text()
+    assert _vi_tree_digest(tmp_path / "d") == "e9b0ae913cb2918d575ae8c5a736b5159f0a565a87d92896c113ebe2eb7c533e"
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_infrared_from_visible_makes_that_share_follow_the_visible_luminance(share):
+    seed, lo, hi = 11, 0.12, 0.95
+    for pid in range(1, 60):
+        visible, drawn, mixed = _identity_of(seed, pid), _infrared_identity(seed, pid), _infrared_identity(seed, pid, share)
+        for name in ("top", "bottom", "shoes", "bag_colour"):
+            r, g, b = getattr(visible, name)
+            luminance = (0.299 * r + 0.587 * g + 0.114 * b) / 255
+            expected = (1 - share) * getattr(drawn, name)[0] / 255 + share * (lo + (hi - lo) * luminance)
+            assert abs(getattr(mixed, name)[0] - 255 * expected) <= 1, (pid, name)
+        assert (mixed.skin, mixed.hair, mixed.top_pattern, mixed.width) == (drawn.skin, drawn.hair, drawn.top_pattern, drawn.width)
+    tops = np.array([[np.mean(_identity_of(seed, p).top), _infrared_identity(seed, p, 1.0).top[0]] for p in range(1, 401)])
+    assert np.corrcoef(tops.T)[0, 1] > 0.8
+
+
+def test_infrared_from_visible_is_checked_and_recorded(tmp_path):
+    with pytest.raises(ValueError, match=r"infrared_from_visible=1.5 must be in \[0, 1\]"):
+        VisibleInfraredConfig(infrared_from_visible=1.5)
+    out = tmp_path / "vi"
+    assert main(["--out", str(out), "--modality", "vi", "--num-identities", "3", "--num-test-identities", "2",
+                 "--image-size", "16", "8", "--infrared-from-visible", "0.7"]) == 0
+    assert '"infrared_from_visible": 0.7' in (out / "meta.json").read_text()

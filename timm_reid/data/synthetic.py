@@ -771,7 +771,10 @@ class VisibleInfraredConfig:
     identity independently of the visible colours (so colour cues vanish while pattern, shape,
     bag, hair style and the reflectance contrast between garments stay), with its own gain,
     contrast, blur and noise (``infrared_strength`` scales how far infrared cameras differ), and
-    writes 3 equal channels as SYSU-MM01 stores them. Every identity is seen by both modalities,
+    writes 3 equal channels as SYSU-MM01 stores them. ``infrared_from_visible`` (0 by default)
+    makes that share of each garment's reflectance follow its visible luminance instead: a
+    cross-modality cue of known strength, for telling a method that cannot bridge the modalities
+    from data that gives it nothing to bridge with. Every identity is seen by both modalities,
     each by a random subset of the cameras of each modality (so cameras see part of the
     identities, as in SYSU-MM01).
 
@@ -793,6 +796,8 @@ class VisibleInfraredConfig:
     style_strength: float = 1.0
     infrared_strength: float = 1.0
     occlusion_p: float = 0.25
+    # Added later: left out of ``to_json`` at its default, so a seed still writes the same files.
+    infrared_from_visible: float = 0.0
 
     def __post_init__(self):
         for name in ("visible_cameras_per_identity", "infrared_cameras_per_identity",
@@ -811,6 +816,8 @@ class VisibleInfraredConfig:
             problems.append("at most 99 cameras in all")
         if not self.infrared_strength >= 0:
             problems.append(f"infrared_strength={self.infrared_strength} must be >= 0")
+        if not 0 <= self.infrared_from_visible <= 1:
+            problems.append(f"infrared_from_visible={self.infrared_from_visible} must be in [0, 1]")
         try:  # the shared fields, checked as the Market-layout generator checks them
             self.people()
         except ValueError as err:
@@ -837,22 +844,38 @@ class VisibleInfraredConfig:
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+                for k, v in dataclasses.asdict(self).items()
+                if not (k == "infrared_from_visible" and v == 0)}
 
 
 def _grey(value: float) -> tuple[int, int, int]:
     return (_clip255(255 * value),) * 3
 
 
+_IR_RANGE = (0.12, 0.95)  # garment reflectances in the near infrared
+
+
+def _luminance(colour) -> float:
+    r, g, b = colour
+    return (0.299 * r + 0.587 * g + 0.114 * b) / 255
+
+
 @functools.lru_cache(maxsize=4096)
-def _infrared_identity(seed: int, pid: int) -> _Identity:
+def _infrared_identity(seed: int, pid: int, from_visible: float = 0.0) -> _Identity:
     """``pid`` with every material's colour replaced by its near-infrared reflectance: drawn
-    per material from its own stream, unrelated to the visible hue; skin reflects strongly in
-    the near infrared, hair less."""
+    per material from its own stream, unrelated to the visible hue (``from_visible`` of each
+    garment's reflectance follows its visible luminance instead, mapped onto the same range);
+    skin reflects strongly in the near infrared, hair less."""
     rng = _rng(seed, 20, pid)
-    garments = {name: _grey(rng.uniform(0.12, 0.95)) for name in
-                ("top", "top_second", "bottom", "cap", "shoes", "bag_colour")}
-    return dataclasses.replace(_identity_of(seed, pid), skin=_grey(rng.uniform(0.6, 0.8)),
+    visible = _identity_of(seed, pid)
+    lo, hi = _IR_RANGE
+    garments = {}
+    for name in ("top", "top_second", "bottom", "cap", "shoes", "bag_colour"):
+        drawn = rng.uniform(lo, hi)  # drawn at every setting: the stream stays the same
+        if from_visible:
+            drawn = (1 - from_visible) * drawn + from_visible * (lo + (hi - lo) * _luminance(getattr(visible, name)))
+        garments[name] = _grey(drawn)
+    return dataclasses.replace(visible, skin=_grey(rng.uniform(0.6, 0.8)),
                                hair=_grey(rng.uniform(0.3, 0.55)), **garments)
 
 
@@ -900,7 +923,8 @@ def _write_visible_infrared(folder: str, config: VisibleInfraredConfig) -> dict:
     for pid in range(1, config.num_identities + config.num_test_identities + 1):
         for cam, k in _plan_visible_infrared(config, pid):
             infrared = cam >= visible
-            ident = _infrared_identity(config.seed, pid) if infrared else _identity_of(config.seed, pid)
+            ident = (_infrared_identity(config.seed, pid, config.infrared_from_visible) if infrared
+                     else _identity_of(config.seed, pid))
             image = _render(ident, cameras[cam], people, _rng(config.seed, 22, pid, cam, k))
             if infrared:
                 image = _to_three_equal_channels(image)
@@ -1047,6 +1071,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="--modality vi: infrared cameras")
     p.add_argument("--infrared-strength", type=float, default=VisibleInfraredConfig.infrared_strength,
                    help="--modality vi: how far infrared cameras differ from each other")
+    p.add_argument("--infrared-from-visible", type=float, default=VisibleInfraredConfig.infrared_from_visible,
+                   metavar="SHARE", help="--modality vi: share (0-1) of each garment's infrared "
+                   "reflectance that follows its visible luminance (default 0: independent)")
     p.add_argument("--num-identities", type=int, default=d.num_identities,
                    help="training identities")
     p.add_argument("--num-test-identities", type=int, default=d.num_test_identities,
@@ -1098,7 +1125,7 @@ def _visible_infrared_config(args: argparse.Namespace, parser: argparse.Argument
         infrared_cameras_per_identity=(1, max(1, args.infrared_cameras)),
         images_per_camera=args.images_per_camera, image_size=args.image_size,
         style_strength=args.style_strength, infrared_strength=args.infrared_strength,
-        occlusion_p=args.occlusion_p)
+        infrared_from_visible=args.infrared_from_visible, occlusion_p=args.occlusion_p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1126,7 +1153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-_CLI_ONLY = ("out", "contact_sheet", "modality", "visible_cameras", "infrared_cameras", "infrared_strength")
+_CLI_ONLY = ("out", "contact_sheet", "modality", "visible_cameras", "infrared_cameras", "infrared_strength",
+             "infrared_from_visible")
 
 
 if __name__ == "__main__":
