@@ -38,12 +38,12 @@ VARIANTS = {
 VARIANTS.update({f"{k}@isr": (m, p, [*e, "--init", "isr"]) for k, (m, p, e) in list(VARIANTS.items())})
 
 
-def data_dir(root, seed):
+def data_dir(root, seed, infrared_from_visible=0.0):
     from timm_reid.data.synthetic import generate_synthetic_vi
 
-    path = os.path.join(root, f"vi-seed{seed}")
+    path = os.path.join(root, f"vi-seed{seed}" + (f"-ir{infrared_from_visible:g}" if infrared_from_visible else ""))
     if not os.path.isfile(os.path.join(path, "meta.json")):
-        generate_synthetic_vi(path, seed=seed)
+        generate_synthetic_vi(path, seed=seed, infrared_from_visible=infrared_from_visible)
     return path
 
 
@@ -78,7 +78,7 @@ def sysu_scores(net, ctx):
     return out
 
 
-def run_one(variant, seed, data_root, run_root, more=()):
+def run_one(variant, seed, data_root, run_root, more=(), infrared_from_visible=0.0):
     import torch
 
     from timm_reid.train.checkpoint import seed_everything
@@ -86,7 +86,7 @@ def run_one(variant, seed, data_root, run_root, more=()):
     from timm_reid.train.pipeline import build_context
 
     method, preset, extra = VARIANTS[variant]
-    data = data_dir(data_root, seed)
+    data = data_dir(data_root, seed, infrared_from_visible)
     args, argv = build_args(method, preset, [*extra, *more], data, seed)
     module = get_method(method)
     module.check(args)
@@ -97,7 +97,8 @@ def run_one(variant, seed, data_root, run_root, more=()):
         args.checkpoint_path = resolve_init(args, LOCAL)
     torch.set_num_threads(1)
     seed_everything(args.seed)
-    ctx = build_context(args, os.path.join(run_root, f"{variant}-seed{seed}"), fresh=True)
+    ctx = build_context(args, os.path.join(run_root, f"{variant}-seed{seed}" + (f"-ir{infrared_from_visible:g}" if infrared_from_visible else "")),
+                        fresh=True)
     module.check_data(args, ctx.dataset)
     start = time.time()
     trainer = module.Trainer(ctx, args)
@@ -120,7 +121,7 @@ def run_one(variant, seed, data_root, run_root, more=()):
     final_scores = sysu_scores(trainer.net, ctx)
     return {"variant": variant, "seed": seed, "method": method, "preset": preset,
             "command": "python -m timm_reid.train " + " ".join(argv), "protocol": "sysumm01-all-single-shot",
-            "initial": initial, "final": final_scores, "train_seconds": round(train_time, 1),
+            "infrared_from_visible": infrared_from_visible, "initial": initial, "final": final_scores, "train_seconds": round(train_time, 1),
             "wall_seconds": round(time.time() - start, 1), "curve": curve,
             "final_epoch_all": final["all"]}
 
@@ -161,6 +162,9 @@ def main(argv=None):
     p.add_argument("--runs", default=os.path.join("runs", "gur-bench"))
     p.add_argument("--tag", default="", help="suffix of the variant name in the rows (e.g. a tuning probe)")
     p.add_argument("--extra", default="", help="extra flags for every run (quoted), e.g. '--epochs 4'")
+    p.add_argument("--infrared-from-visible", type=float, default=0.0, metavar="SHARE",
+                   help="data: share of each garment's infrared reflectance that follows its visible "
+                   "luminance (a cross-modality cue of known strength; rows get the suffix +irSHARE)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args(argv)
     os.makedirs(a.results, exist_ok=True)
@@ -172,10 +176,10 @@ def main(argv=None):
         done = {(r["variant"], r["seed"]) for r in map(json.loads, open(path))}
     for seed in a.seeds:
         for variant in a.variants:
-            name = variant + a.tag
+            name = variant + (f"+ir{a.infrared_from_visible:g}" if a.infrared_from_visible else "") + a.tag
             if (name, seed) in done:
                 continue
-            row = run_one(variant, seed, a.data, a.runs, a.extra.split())
+            row = run_one(variant, seed, a.data, a.runs, a.extra.split(), a.infrared_from_visible)
             row["variant"] = name
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
