@@ -154,7 +154,7 @@ def _assert_same_runs(one, two, final_tolerance=1e-6):
     for which, tol in (("initial", 1e-6), ("final", final_tolerance)):
         if tol is None:
             continue
-        for key in ("mAP", "rank1", "same_camera_top1"):
+        for key in ("mAP", "rank1", "same_camera_top1")[:3 if r1["protocol"] == "reid" else 2]:
             assert r2[which][key] == pytest.approx(r1[which][key], abs=tol), (which, key)
     m1, m2 = ((run / "metrics.jsonl").read_text().splitlines() for run in (one, two))
     for a, b in zip(map(json.loads, m1), map(json.loads, m2)):  # pseudo-label statistics: the same labels
@@ -198,6 +198,31 @@ def test_torchrun_ice_equals_one_process(tmp_path):
     for key in ("model", "online"):
         _assert_close_states(_state(tmp_path / "one" / "final.pth", key), _state(tmp_path / "two" / "final.pth", key),
                              1e-5)
+
+
+def test_torchrun_gur_equals_one_process(tmp_path):
+    from tests.train.test_gur import gur_argv
+    from tests.train.tiny import TINY_VI_DATA
+    from timm_reid.data.synthetic import generate_synthetic_vi
+    from timm_reid.train import main, parse_args
+
+    data = tmp_path / "sysu"
+    generate_synthetic_vi(data, **TINY_VI_DATA)
+    # Only the camera stage trains: its clustering (of the initial network) is not near-tied, the
+    # later stages' are - measured: 1 vs 2 threads in one process already moves 3 of 150 images to
+    # the outliers at the modality stage of this tiny configuration, and 2 processes do the same.
+    argv = ["--aibn", "3", "4", *SGD, "--modality-iters", "0", "--joint-iters", "0"]
+    main(parse_args(gur_argv(data, tmp_path / "one", *argv)))
+    _torchrun("timm_reid.train", *gur_argv(data, tmp_path / "two", *argv, "--device", "cpu"))
+    r1, r2 = (json.loads((tmp_path / run / "final_metrics.json").read_text()) for run in ("one", "two"))
+    assert (r1["world_size"], r2["world_size"]) == (1, 2)
+    assert r2["initial"]["mAP"] == pytest.approx(r1["initial"]["mAP"], abs=1e-6)
+    m1, m2 = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("one", "two"))
+    camera = [k for k in m1 if k.startswith("gur_camera_")]
+    assert len(camera) >= 5
+    for key in camera:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5), key
+    _assert_close_states(_state(tmp_path / "one" / "final.pth"), _state(tmp_path / "two" / "final.pth"), 1e-5)
 
 
 def test_torchrun_resumes_a_run_and_finishes_it_as_one_process_would(tmp_path, monkeypatch):
