@@ -185,7 +185,60 @@ def report(results):
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "tables.md"), "w") as f:
         f.write(text)
+    plot_gain_vs_strength(results, os.path.join(results, "gain_vs_strength.png"))
     print(text)
+
+
+def gains_by_strength(results):
+    """``{(init, factor, row): [(strength, mean paired delta vs plain, seeds), ...]}``: each
+    entry's final-mAP gain over the plain model on the same data and seed, at strength 0 (``nogap``)
+    and every strength of that factor run so far."""
+    final = {}
+    for r in records(results):
+        final[(r["model"], r["init"], r["config"], r["row"], r["seed"])] = 100 * r["final"]["mAP"]
+    points = {}
+    for (model, init, config, row, seed), value in final.items():
+        plain = final.get((model, init, config, "plain", seed))
+        if row == "plain" or plain is None or config.startswith("all"):
+            continue
+        factors = FACTORS if config == "nogap" else [config.split("@")[0]]
+        strength = 0.0 if config == "nogap" else float(config.split("@")[1])
+        for factor in factors:
+            points.setdefault((init, factor, row, strength), []).append(value - plain)
+    curves = {}
+    for (init, factor, row, strength), deltas in sorted(points.items()):
+        curves.setdefault((init, factor, row), []).append((strength, statistics.mean(deltas), len(deltas)))
+    return curves
+
+
+def plot_gain_vs_strength(results, path):
+    """One panel per factor (a row of panels per start): the mAP gain of each entry over plain
+    against the factor's strength; a factor whose only point is ``nogap`` is left out."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    curves = {k: v for k, v in gains_by_strength(results).items() if any(s > 0 for s, _, _ in v)}
+    if not curves:
+        return
+    inits = sorted({init for init, _, _ in curves})
+    factors = [f for f in FACTORS if any(f == factor for _, factor, _ in curves)]
+    fig = Figure(figsize=(3.2 * len(factors), 2.8 * len(inits)), constrained_layout=True)
+    axes = fig.subplots(len(inits), len(factors), squeeze=False, sharey=True)
+    for i, init in enumerate(inits):
+        for j, factor in enumerate(factors):
+            ax = axes[i][j]
+            for (c_init, c_factor, row), points in sorted(curves.items()):
+                if (c_init, c_factor) == (init, factor):
+                    xs, ys, ns = zip(*points)
+                    ax.plot(xs, ys, marker="o", label=row)
+                    for x, y, n in points:
+                        ax.annotate(f"n={n}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+            ax.set_title(f"{factor} ({'random init' if init == 'random' else 'supervised start'})", fontsize=8)
+            ax.set_xlabel("strength (0: no gap)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("final mAP gain over plain", fontsize=8)
+            ax.legend(fontsize=6)
+    fig.savefig(path, dpi=120)
 
 
 def main():
