@@ -10,8 +10,9 @@
 name the run's dataset. Prints mAP, CMC ranks, mINP and (``--protocol reid``) the same-camera top-1
 share. ``--protocol`` is the test protocol: ``reid`` (Market-1501 query/gallery), ``sysumm01`` or
 ``regdb`` (visible-infrared, the data read with that layout: ``--root`` the SYSU-MM01 folder, or a
-timm-reid synthetic visible-infrared one; the RegDB folder, its split 1); by default the protocol a
-checkpoint's method evaluates with, else ``reid``.
+timm-reid synthetic visible-infrared one; the RegDB folder, its split ``--trial``: by default a
+checkpoint run's own, else 1); by default the protocol a checkpoint's run evaluated with, else
+``reid``.
 
 The module is not called ``timm_reid.evaluate``: that name is the evaluation function
 (``timm_reid.evaluate``), and a module of the same dotted name would replace it on import.
@@ -48,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", default=None, choices=PROTOCOLS,
                         help="test protocol: reid (query/gallery), or visible-infrared sysumm01 / regdb (the data "
                              "read with that layout; RegDB: split 1) (None: the checkpoint's, else reid)")
+    parser.add_argument("--trial", default=None, type=int, metavar="T",
+                        help="--protocol regdb: which of RegDB's 10 published splits (None: the checkpoint run's, else 1)")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="evaluation image size (None: the size the model was trained at)")
     parser.add_argument("--camera-aggregate", default=None, action=argparse.BooleanOptionalAction,
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         net, spec = _checkpoint_net(args.checkpoint)
     protocol = args.protocol or spec["protocol"]
+    if args.trial is not None and protocol != "regdb":
+        raise UsageError(f"--trial picks a RegDB split; --protocol {protocol} has none: drop --trial")
     dataset = _load_vi_dataset(args, spec, protocol) if protocol != "reid" else _load_dataset(args, spec)
     height, width = args.input_size or spec["input_size"]
     aggregate = spec["camera_aggregate"] if args.camera_aggregate is None else args.camera_aggregate
@@ -224,7 +229,8 @@ def _load_vi_dataset(args, spec, protocol):
     if root is None:
         raise UsageError(f"--protocol {protocol} needs --root DIR, the folder of the {protocol} data")
     if protocol == "regdb":
-        return load_regdb(root)
+        trial = args.trial or (getattr(train_args, "trial", None) if train_args else None) or 1
+        return load_regdb(root, trial=trial)
     meta = _synthetic_meta(root)
     return load_sysumm01(root, name="synthetic-vi" if meta is not None else "sysumm01")
 

@@ -1,6 +1,7 @@
 """GUR: the ADC memories, the loss and the channel augmentation against formulas written here
 (float64 loops), the trainer's dual-stream routing, and tiny end-to-end runs with resume."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -248,4 +249,61 @@ def test_gur_without_visible_infrared_data_exits_2_naming_the_fix(tmp_path, caps
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--dataset sysumm01 --root DIR" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _regdb_from(vi_dir, root, test_ids_of_trial):
+    """The tiny synthetic VI data in the RegDB layout: its visible and infrared images, the same
+    train identities in every trial and the given test identities per trial."""
+    from timm_reid.data import INFRARED, load_sysumm01
+
+    data = load_sysumm01(vi_dir, name="synthetic-vi")
+    by_split = {"train": data.train, "test": list(data.query) + list(data.gallery)}
+    (root / "idx").mkdir(parents=True)
+    for trial, test_ids in test_ids_of_trial.items():
+        for part, records in by_split.items():
+            for modality, folder, name in ((0, "Visible", "visible"), (INFRARED, "Thermal", "thermal")):
+                chosen = [r for r in records if (r.modality == INFRARED) == (modality == INFRARED)
+                          and (part == "train" or r.pid in test_ids)]
+                lines = []
+                for k, r in enumerate(chosen):
+                    rel = f"{folder}/{r.pid}/{k}.jpg"
+                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                    if not (root / rel).exists():
+                        (root / rel).write_bytes(open(r.path, "rb").read())
+                    lines.append(f"{rel} {r.pid}")
+                (root / "idx" / f"{part}_{name}_{trial}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:regdb at")  # the tiny tree is not the published size
+def test_gur_trains_and_is_scored_on_the_regdb_split_it_is_given(vi_dir, tmp_path, capsys):
+    import json
+
+    from timm_reid import evaluate_cli
+    from timm_reid.data import load_sysumm01
+    from timm_reid.train import main, parse_args
+
+    test_ids = sorted({r.pid for r in load_sysumm01(vi_dir, name="synthetic-vi").query})
+    regdb = _regdb_from(vi_dir, tmp_path / "RegDB", {1: test_ids, 2: test_ids[:3]})
+    argv = gur_argv(regdb, tmp_path / "run", "--trial", "2")
+    argv[argv.index("sysumm01")] = "regdb"
+    result = main(parse_args(argv))
+    assert result["protocol"] == "regdb-visible-to-thermal"
+    queries = json.loads((tmp_path / "run" / "final_metrics.json").read_text())["final"]
+    assert "trial: 2" in (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "final.pth"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "regdb-visible-to-thermal" in out and f"mAP={100 * queries['mAP']:.1f}" in out
+    assert re.search(r"query\s+3\s", out)  # trial 2's 3 test identities: the run's trial, read from its checkpoint
+
+
+def test_trial_is_refused_where_there_is_no_regdb_split(vi_dir, tmp_path, capsys):
+    from timm_reid.train.pipeline import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli(gur_argv(vi_dir, tmp_path / "run", "--trial", "2"))
+    assert stop.value.code == 2
+    assert "--trial 2 picks a RegDB split; --dataset sysumm01 has none" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -110,6 +110,8 @@ def _add_data_arguments(parser):
     g.add_argument("--dataset", default=None, choices=_dataset_names(),
                    help="dataset layout name; None: generate synthetic data")
     g.add_argument("--root", default=None, metavar="DIR", help="dataset folder (or where synthetic data is written)")
+    g.add_argument("--trial", default=None, type=int, metavar="T",
+                   help="--dataset regdb: which of its 10 published splits to train and test on (None: 1)")
     g.add_argument("--synthetic-identities", default=150, type=int, help="synthetic data: train identities")
     g.add_argument("--synthetic-test-identities", default=100, type=int, help="synthetic data: test identities")
     g.add_argument("--synthetic-cameras", default=5, type=int, help="synthetic data: number of cameras")

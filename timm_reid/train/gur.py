@@ -153,12 +153,10 @@ def add_arguments(parser):
 
 
 def check(args):
-    if args.dataset in (None, "synthetic", "regdb"):
-        what = "RegDB is not scored by GUR's protocol (SYSU-MM01) yet" if args.dataset == "regdb" else \
-            "the built-in synthetic data is single-modality"
-        raise ConfigError(f"--method gur needs SYSU-MM01-layout visible-infrared data ({what}): pass --dataset "
-                          "sysumm01 --root DIR, e.g. DIR written by `python -m timm_reid.data.synthetic --out DIR "
-                          "--modality vi`")
+    if args.dataset in (None, "synthetic"):
+        raise ConfigError("--method gur needs visible-infrared data (the built-in synthetic data is single-modality): "
+                          "pass --dataset sysumm01 --root DIR, e.g. DIR written by `python -m timm_reid.data.synthetic "
+                          "--out DIR --modality vi`, or --dataset regdb --root DIR [--trial T]")
     for name in ("epochs", "clu_k", "camera_min_samples", "min_samples"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -186,7 +186,7 @@ def _run(args, state, run_dir, dist):
     log.info(ctx.dataset.summary())
     method.check_data(args, ctx.dataset)
     trainer = method.Trainer(ctx, args)
-    eval_kw = dict(protocol=method.EVALUATION, transform=ctx.test_tf, batch_size=args.test_batch_size,
+    eval_kw = dict(protocol=evaluation_protocol(method, args.dataset), transform=ctx.test_tf, batch_size=args.test_batch_size,
                    workers=args.workers, camera_aggregate=args.camera_aggregate, num_cameras=ctx.num_cameras, dist=dist)
 
     if state is None:
@@ -205,7 +205,7 @@ def _run(args, state, run_dir, dist):
     def checkpoint(next_position, path="last.pth"):
         if not dist.is_main:
             return
-        atomic_save({"args": dict(vars(args)), "method": args.method, "evaluation": method.EVALUATION,
+        atomic_save({"args": dict(vars(args)), "method": args.method, "evaluation": eval_kw["protocol"],
                      **trainer.state_dict(), **options_entry(trainer.net.backbone), "history": history,
                      "pending": pending, "initial": initial, "next": list(next_position),
                      "elapsed": elapsed + time.time() - start}, os.path.join(run_dir, path))
@@ -298,25 +298,34 @@ def build_context(args, run_dir, *, fresh, dist=distributed.LOCAL):
 
 def data_options(args, run_dir):
     """The keywords of :func:`load_data` for the run's options."""
-    return dict(dataset=args.dataset, root=args.root, run_dir=run_dir, seed=args.seed,
+    return dict(dataset=args.dataset, root=args.root, trial=getattr(args, "trial", None), run_dir=run_dir, seed=args.seed,
                 num_identities=args.synthetic_identities, num_test_identities=args.synthetic_test_identities,
                 num_cameras=args.synthetic_cameras, style_strength=args.style_strength, height=args.height,
                 width=args.width)
 
 
 def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identities, num_cameras, style_strength,
-              height, width):
-    """The dataset named ``dataset`` in ``root``; without a name, synthetic data generated (once)
-    into ``root`` or ``RUN_DIR/data`` with the run's seed."""
+              height, width, trial=None):
+    """The dataset named ``dataset`` in ``root`` (RegDB: split ``trial``, default 1); without a
+    name, synthetic data generated (once) into ``root`` or ``RUN_DIR/data`` with the run's seed."""
     from timm_reid.data import build_dataset
 
+    if trial is not None and dataset != "regdb":
+        raise ConfigError(f"--trial {trial} picks a RegDB split; --dataset {dataset or 'synthetic'} has none: "
+                          "drop --trial")
     if dataset is None or dataset == "synthetic":
         return build_dataset("synthetic", synthetic_root(root, run_dir), **synthetic_options(
             seed=seed, num_identities=num_identities, num_test_identities=num_test_identities, num_cameras=num_cameras,
             style_strength=style_strength, height=height, width=width))
     if root is None:
         raise ConfigError(f"--dataset {dataset} needs --root DIR, the folder that holds the dataset")
-    return build_dataset(dataset, root)
+    return build_dataset(dataset, root, **({"trial": trial} if trial is not None else {}))
+
+
+def evaluation_protocol(method, dataset):
+    """The test protocol of a run: a visible-infrared layout's own (``sysumm01``, ``regdb``: their
+    query/gallery rules are part of the data), else the method's ``EVALUATION``."""
+    return dataset if dataset in ("sysumm01", "regdb") else method.EVALUATION
 
 
 def synthetic_root(root, run_dir):
