@@ -164,21 +164,25 @@ def cluster_inter_camera(
     Returns:
         (N,) int64 CPU tensor of labels (-1: dropped singleton).
     """
-    unit = _checked_features(features)
-    n = unit.shape[0]
+    # Validated here, normalised inside the distance functions only: a normalised copy kept for
+    # the whole step would be N x D more floats next to the condensed vector (0.27 GB at MSMT17
+    # size with 2048-d features).
+    feats = as_float_matrix(features, "features")
+    check_no_nan(feats, "features")
+    n = feats.shape[0]
     n_clusters = _clustering_target(n_clusters, threshold_quantile, default_count=800)
     if n_clusters is not None and n_clusters > n:
         raise ValueError(f"n_clusters={n_clusters} exceeds the number of images N={n}")
     if n == 1:
-        cross_camera_distance(unit, scores, camids, mu, topk=jaccard_topk)  # validates the inputs
+        cross_camera_distance(feats, scores, camids, mu, topk=jaccard_topk)  # validates the inputs
         return torch.from_numpy(_cluster(None, 1, n_clusters=n_clusters, threshold_quantile=None,
                                          drop_singletons=drop_singletons))
     reranking = {"k1": min(k1, n - 1), "k2": min(k2, n), "lambda_value": lambda_value}
-    if unit.is_cuda:
-        condensed = _dense_condensed(unit, scores, camids, mu, jaccard_topk, rerank, reranking)
+    if feats.is_cuda:
+        condensed = _dense_condensed(feats, scores, camids, mu, jaccard_topk, rerank, reranking)
     else:
         rows = max(1, _CONDENSED_BLOCK_ELEMENTS // n)
-        condensed, diagonal = cross_camera_condensed(unit, scores, camids, mu, topk=jaccard_topk,
+        condensed, diagonal = cross_camera_condensed(feats, scores, camids, mu, topk=jaccard_topk,
                                                      chunk_size=rows)
         if rerank:
             rerank_condensed_(condensed, diagonal, **reranking, chunk_size=rows)
@@ -187,10 +191,10 @@ def cluster_inter_camera(
     return torch.from_numpy(labels)
 
 
-def _dense_condensed(unit, scores, camids, mu, jaccard_topk, rerank, reranking) -> np.ndarray:
+def _dense_condensed(feats, scores, camids, mu, jaccard_topk, rerank, reranking) -> np.ndarray:
     """The GPU route: the N x N matrix on the device (fused Jaccard kernel), re-ranked in place,
     then its upper triangle as float32 on the host."""
-    dist = cross_camera_distance(unit, scores, camids, mu, topk=jaccard_topk)
+    dist = cross_camera_distance(feats, scores, camids, mu, topk=jaccard_topk)
     if rerank:
         rerank_distances(dist, **reranking, overwrite=True)
     return condensed_upper_triangle(dist, dtype=np.float32)
