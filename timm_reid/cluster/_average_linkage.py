@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._condensed import column_bases, segment_starts
+from ._condensed import column_bases, read_row, segment_starts, write_row
 
 
 def _nearest(row: np.ndarray, alive: np.ndarray, x: int, previous: int | None) -> int:
@@ -48,9 +48,7 @@ def _nearest(row: np.ndarray, alive: np.ndarray, x: int, previous: int | None) -
 
 def _masked_row(condensed, starts, bases, x: int, dead: np.ndarray, out: np.ndarray):
     """Row x in float64 with the merged-away clusters and x itself at +inf."""
-    n = starts.size
-    out[:x] = condensed[bases[:x] + x]
-    out[x + 1:] = condensed[starts[x]:starts[x] + n - 1 - x]
+    read_row(condensed, starts, bases, x, out)
     out += dead  # 0 for active clusters, inf for merged-away ones
     out[x] = np.inf
     return out
@@ -94,8 +92,8 @@ def nn_chain_average(condensed: np.ndarray, n: int) -> np.ndarray:
         row_x, row_y = row_of(-1), row_of(-2)
         del chain[-2:], rows[-2:]
         a, b = min(x, y), max(x, y)
-        _merge(condensed, starts, bases, a, b, row_x if x == a else row_y,
-               row_y if x == a else row_x, size, dead, alive)
+        row_a, row_b = (row_x, row_y) if x < y else (row_y, row_x)
+        _merge(condensed, starts, bases, a, b, row_a, row_b, size, dead, alive)
         merges[k] = (a, b, height, size[b])
         rows = [None] * len(chain)
     return _sorted_and_labelled(merges, n)
@@ -106,10 +104,7 @@ def _merge(condensed, starts, bases, a: int, b: int, row_a, row_b, size, dead, a
     n_a, n_b = size[a], size[b]
     # Same operations as SciPy's average rule, in float64: (n_a d_a + n_b d_b) / (n_a + n_b).
     # Entries of retired clusters come out inf (masked rows) and stay masked on every read.
-    updated = (n_a * row_a + n_b * row_b) / (n_a + n_b)
-    n = starts.size
-    condensed[bases[:b] + b] = updated[:b]
-    condensed[starts[b]:starts[b] + n - 1 - b] = updated[b + 1:]
+    write_row(condensed, starts, bases, b, (n_a * row_a + n_b * row_b) / (n_a + n_b))
     size[b] = n_a + n_b
     size[a] = 0
     dead[a] = np.inf
