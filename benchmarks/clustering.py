@@ -262,10 +262,11 @@ def work_iics(method: str, n: int) -> dict:
     return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1}
 
 
-def dense_inter_camera(features, scores, camids, *, mu, n_clusters, jaccard_topk=None):
+def dense_inter_camera(features, scores, camids, *, mu, n_clusters=None, threshold_quantile=None,
+                       drop_singletons=False, jaccard_topk=None):
     """The inter-camera step as `cluster_inter_camera` did it before the condensed path: the
     N x N float32 distance, re-ranked in place, its float64 upper triangle, SciPy's linkage."""
-    from timm_reid.cluster import cross_camera_distance
+    from timm_reid.cluster import cross_camera_distance, quantile_threshold
     from timm_reid.cluster.agglomerative import condensed_upper_triangle
 
     n = features.shape[0]
@@ -273,20 +274,25 @@ def dense_inter_camera(features, scores, camids, *, mu, n_clusters, jaccard_topk
     rerank(dist, k1=min(20, n - 1), k2=min(6, n), lambda_value=0.3, overwrite=True)
     condensed = condensed_upper_triangle(dist)
     del dist
-    return torch.from_numpy(agglomerative(condensed, n_clusters=n_clusters))
+    target = {"n_clusters": n_clusters} if threshold_quantile is None else {
+        "threshold": quantile_threshold(condensed, threshold_quantile)}
+    return torch.from_numpy(agglomerative(condensed, **target, drop_singletons=drop_singletons))
 
 
-def work_inter(method: str, n: int, jaccard_topk=None) -> dict:
+def work_inter(method: str, n: int, jaccard_topk=None, threshold_quantile=None) -> dict:
     """The inter-camera step alone, old (`dense`) or new (`condensed`) path, on the inputs of the
-    `iics` inter row; labels returned so the driver can compare partitions."""
+    `iics` inter row (800 clusters, or the IIDS threshold rule with singletons dropped); labels
+    returned so the driver can compare partitions."""
     from timm_reid.cluster import cluster_inter_camera
 
     feats = planted_features(n, dim=ICE_DIM)
     camids = torch.randint(0, CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
     scores = camera_scores(n)
     step = dense_inter_camera if method == "dense" else cluster_inter_camera
-    labels, seconds, peak = measure(lambda: step(feats, scores, camids, mu=0.02,
-                                                 n_clusters=min(800, n // 2), jaccard_topk=jaccard_topk))
+    target = ({"n_clusters": min(800, n // 2)} if threshold_quantile is None else
+              {"threshold_quantile": threshold_quantile, "drop_singletons": True})
+    labels, seconds, peak = measure(lambda: step(feats, scores, camids, mu=0.02, **target,
+                                                 jaccard_topk=jaccard_topk))
     return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1,
             "labels": labels.tolist() if n <= 16_000 else None}
 
@@ -300,13 +306,16 @@ def inter_rows(args):
     dense_sizes = {int(v) for v in args.dense_sizes.split(",") if v}
     plans = [(m, n) for n in sizes for m in (["dense"] if n in dense_sizes else []) + ["condensed"]]
     extra_args = [] if args.jaccard_topk is None else ["--jaccard-topk", str(args.jaccard_topk)]
+    if args.threshold_quantile is not None:
+        extra_args += ["--threshold-quantile", str(args.threshold_quantile)]
     runs = {plan: [] for plan in plans}
     for _ in range(args.reps):
         for method, n in plans:
             runs[(method, n)].append(run_isolated(__file__, ["inter", method, str(n), *extra_args],
                                                   args.threads))
     for (method, n), rows in runs.items():
-        extra = {"jaccard_topk": args.jaccard_topk, "clusters": rows[0]["clusters"], "cameras": CAMERAS,
+        extra = {"jaccard_topk": args.jaccard_topk, "threshold_quantile": args.threshold_quantile,
+                 "clusters": rows[0]["clusters"], "cameras": CAMERAS,
                  "scores": CAMERAS * CLASSES_PER_CAMERA, "dim": ICE_DIM}
         dense = runs.get(("dense", n))
         if method == "condensed" and dense:
@@ -431,11 +440,14 @@ def main():
                         help="inter: sizes at which the old dense path runs too")
     parser.add_argument("--jaccard-topk", type=int, default=None,
                         help="inter: top-k sparse Jaccard (the exact one is O(N^2 S))")
+    parser.add_argument("--threshold-quantile", type=float, default=None,
+                        help="inter: cluster by the IIDS threshold rule (e.g. 0.0017) instead of 800 clusters")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
         kind, method, n = args.worker
-        options = {"jaccard_topk": args.jaccard_topk} if kind == "inter" else {}
+        options = ({"jaccard_topk": args.jaccard_topk, "threshold_quantile": args.threshold_quantile}
+                   if kind == "inter" else {})
         print(json.dumps(WORKERS[kind](method, int(n), **options)))
         return
     rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows,

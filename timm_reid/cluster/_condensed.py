@@ -106,7 +106,7 @@ def sortable_keys(values: np.ndarray) -> np.ndarray:
     return np.where(negative, ~bits, bits | np.uint32(1 << 31))
 
 
-def kth_smallest_float32(values: np.ndarray, k: int, chunk: int = 1 << 24) -> float:
+def kth_smallest_float32(values: np.ndarray, k: int, chunk: int = 1 << 22) -> float:
     """The k-th smallest (0-based) of a float32 vector, exactly, without a copy of it.
 
     A two-pass radix selection on the order-preserving uint32 keys: count the high 16 bits (one
