@@ -128,3 +128,25 @@ def test_inter_camera_condensed_path_equals_the_dense_path(block_elements, monke
 def test_inter_camera_single_image():
     labels = cluster_inter_camera(torch.ones(1, 3), torch.ones(1, 2), [0], mu=0.02, n_clusters=1)
     np.testing.assert_array_equal(labels.numpy(), [0])
+
+
+def test_dense_route_gives_the_condensed_route_labels():
+    # The route CUDA features take (dense matrix, re-ranked in place, float32 upper triangle),
+    # run here on CPU tensors: the same labels as the condensed route.
+    features, camids = camera_data(7)
+    scores = torch.softmax(3 * torch.randn(len(camids), 24, generator=torch.Generator().manual_seed(8)), 1)
+    reranking = {"k1": 8, "k2": 3, "lambda_value": 0.3}
+    condensed = camera._dense_condensed(features, scores, camids, 0.02, None, True, reranking)
+    assert condensed.dtype == np.float32
+    labels = cluster_inter_camera(features, scores, camids, mu=0.02, n_clusters=15, **reranking)
+    np.testing.assert_array_equal(agglomerative(condensed, n_clusters=15, overwrite=True), labels.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inter_camera_on_cuda_equals_cpu():
+    features, camids = camera_data(9)
+    scores = torch.softmax(3 * torch.randn(len(camids), 24, generator=torch.Generator().manual_seed(10)), 1)
+    cpu = cluster_inter_camera(features, scores, camids, mu=0.02, n_clusters=15, k1=8, k2=3)
+    gpu = cluster_inter_camera(features.cuda(), scores.cuda(), camids.cuda(), mu=0.02, n_clusters=15,
+                               k1=8, k2=3)
+    np.testing.assert_array_equal(gpu.numpy(), cpu.numpy())
