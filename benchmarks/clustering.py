@@ -1,12 +1,14 @@
 """Clustering-side benchmarks: agglomerative vs sklearn, re-ranking vs a dense implementation,
 cross-camera weighted Jaccard (exact chunked vs the reference row loop, and the top-k variant),
 the ICE clustering step (k-reciprocal Jaccard + DBSCAN: sparse graph vs dense matrix, and a
-cluster-contrast peer), and the IICS intra-/inter-camera steps.
+cluster-contrast peer), the IICS intra-/inter-camera steps, and the inter-camera step's old dense
+path against its condensed in-place path (`inter`).
 
 Every measurement runs in a fresh subprocess (time, and peak RSS growth over the inputs; see
 _memory.py) with --threads BLAS/OpenMP threads; rows are JSON lines with median / p20 / p80.
 
-    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan,iics] [--reps 3] [--threads 1]
+    python benchmarks/clustering.py [--only agglomerative,rerank,jaccard,dbscan,iics,inter] [--reps 3] [--threads 1]
+    python benchmarks/clustering.py --only inter --inter-sizes 2000,4000 --dense-sizes 2000,4000 --jaccard-topk 64
 
 Sizes: Market-1501 train (12,936 images) everywhere; agglomerative also at --large N (default
 24,000) for timm-reid only - MSMT17 train (32,621) needs 3 x 4.3 GB here (float32 input,
@@ -260,9 +262,77 @@ def work_iics(method: str, n: int) -> dict:
     return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1}
 
 
+def dense_inter_camera(features, scores, camids, *, mu, n_clusters=None, threshold_quantile=None,
+                       drop_singletons=False, jaccard_topk=None):
+    """The inter-camera step as `cluster_inter_camera` did it before the condensed path: the
+    N x N float32 distance, re-ranked in place, its float64 upper triangle, SciPy's linkage."""
+    from timm_reid.cluster import cross_camera_distance, quantile_threshold
+    from timm_reid.cluster.agglomerative import condensed_upper_triangle
+
+    n = features.shape[0]
+    dist = cross_camera_distance(features, scores, camids, mu, topk=jaccard_topk)
+    rerank(dist, k1=min(20, n - 1), k2=min(6, n), lambda_value=0.3, overwrite=True)
+    condensed = condensed_upper_triangle(dist)
+    del dist
+    target = {"n_clusters": n_clusters} if threshold_quantile is None else {
+        "threshold": quantile_threshold(condensed, threshold_quantile)}
+    return torch.from_numpy(agglomerative(condensed, **target, drop_singletons=drop_singletons))
+
+
+def work_inter(method: str, n: int, jaccard_topk=None, threshold_quantile=None) -> dict:
+    """The inter-camera step alone, old (`dense`) or new (`condensed`) path, on the inputs of the
+    `iics` inter row (800 clusters, or the IIDS threshold rule with singletons dropped); labels
+    returned so the driver can compare partitions."""
+    from timm_reid.cluster import cluster_inter_camera
+
+    feats = planted_features(n, dim=ICE_DIM)
+    camids = torch.randint(0, CAMERAS, (n,), generator=torch.Generator().manual_seed(2))
+    scores = camera_scores(n)
+    step = dense_inter_camera if method == "dense" else cluster_inter_camera
+    target = ({"n_clusters": min(800, n // 2)} if threshold_quantile is None else
+              {"threshold_quantile": threshold_quantile, "drop_singletons": True})
+    labels, seconds, peak = measure(lambda: step(feats, scores, camids, mu=0.02, **target,
+                                                 jaccard_topk=jaccard_topk))
+    return {"seconds": seconds, "peak_bytes": peak, "clusters": int(labels.max()) + 1,
+            "labels": labels.tolist() if n <= 16_000 else None}
+
+
+def inter_rows(args):
+    """Old (dense N x N, float64 condensed, SciPy) vs new (float32 condensed, in place) inter-camera
+    step at --inter-sizes; `dense` only at the sizes listed in --dense-sizes."""
+    from sklearn.metrics import adjusted_rand_score
+
+    sizes = [int(v) for v in args.inter_sizes.split(",")]
+    dense_sizes = {int(v) for v in args.dense_sizes.split(",") if v}
+    plans = [(m, n) for n in sizes for m in (["dense"] if n in dense_sizes else []) + ["condensed"]]
+    extra_args = [] if args.jaccard_topk is None else ["--jaccard-topk", str(args.jaccard_topk)]
+    if args.threshold_quantile is not None:
+        extra_args += ["--threshold-quantile", str(args.threshold_quantile)]
+    runs = {plan: [] for plan in plans}
+    for _ in range(args.reps):
+        for method, n in plans:
+            runs[(method, n)].append(run_isolated(__file__, ["inter", method, str(n), *extra_args],
+                                                  args.threads))
+    for (method, n), rows in runs.items():
+        extra = {"jaccard_topk": args.jaccard_topk, "threshold_quantile": args.threshold_quantile,
+                 "clusters": rows[0]["clusters"], "cameras": CAMERAS,
+                 "scores": CAMERAS * CLASSES_PER_CAMERA, "dim": ICE_DIM}
+        dense = runs.get(("dense", n))
+        if method == "condensed" and dense:
+            ours, old = np.array(rows[0]["labels"]), np.array(dense[0]["labels"])
+            extra.update(
+                same_labels_as_dense=bool(np.array_equal(ours, old)),
+                ari_vs_dense=float(adjusted_rand_score(old, ours)),
+                time_ratio_dense_over_this=float(np.median([r["seconds"] for r in dense])
+                                                 / np.median([r["seconds"] for r in rows])),
+                memory_ratio_dense_over_this=float(np.median([r["peak_bytes"] for r in dense])
+                                                   / max(1.0, np.median([r["peak_bytes"] for r in rows]))))
+        summary("iics_inter", method, n, rows, args.threads, **extra)
+
+
 def iics_rows(args):
-    """IICS intra-camera step at MSMT17 size; the inter-camera step at Market size (at MSMT17
-    size its N x N float32 matrix, float64 condensed copy and SciPy's working copy need ~13 GB)."""
+    """IICS intra-camera step at MSMT17 size; the inter-camera step at --inter-n (Market size by
+    default: its exact Jaccard is O(N^2 S); memory at larger sizes is the `inter` rows' subject)."""
     plans = [("intra", MSMT_TRAIN), ("inter", args.inter_n)]
     runs = bench("iics", plans, args.reps, args.threads)
     for (method, n), rows in runs.items():
@@ -271,7 +341,7 @@ def iics_rows(args):
 
 
 WORKERS = {"agglomerative": work_agglomerative, "rerank": work_rerank, "jaccard": work_jaccard,
-           "dbscan": work_dbscan, "iics": work_iics}
+           "dbscan": work_dbscan, "iics": work_iics, "inter": work_inter}
 
 
 def bench(kind: str, plans, reps: int, threads: int):
@@ -364,14 +434,24 @@ def main():
     parser.add_argument("--jaccard-n", type=int, default=2_000)
     parser.add_argument("--skip-msmt", action="store_true", help="dbscan: Market-size rows only")
     parser.add_argument("--inter-n", type=int, default=MARKET_TRAIN, help="iics: size of the inter-camera row")
+    parser.add_argument("--inter-sizes", default="2000,4000,8000",
+                        help="inter: sizes of the old-vs-new inter-camera rows")
+    parser.add_argument("--dense-sizes", default="2000,4000,8000",
+                        help="inter: sizes at which the old dense path runs too")
+    parser.add_argument("--jaccard-topk", type=int, default=None,
+                        help="inter: top-k sparse Jaccard (the exact one is O(N^2 S))")
+    parser.add_argument("--threshold-quantile", type=float, default=None,
+                        help="inter: cluster by the IIDS threshold rule (e.g. 0.0017) instead of 800 clusters")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
         kind, method, n = args.worker
-        print(json.dumps(WORKERS[kind](method, int(n))))
+        options = ({"jaccard_topk": args.jaccard_topk, "threshold_quantile": args.threshold_quantile}
+                   if kind == "inter" else {})
+        print(json.dumps(WORKERS[kind](method, int(n), **options)))
         return
     rows = {"agglomerative": agglomerative_rows, "rerank": rerank_rows, "jaccard": jaccard_rows,
-            "dbscan": dbscan_rows, "iics": iics_rows}
+            "dbscan": dbscan_rows, "iics": iics_rows, "inter": inter_rows}
     for kind in args.only.split(","):
         rows[kind](args)
 

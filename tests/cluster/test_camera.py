@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from timm_reid.cluster import camera
 from timm_reid.cluster import (agglomerative, cluster_inter_camera, cluster_intra_camera,
                                cross_camera_distance, quantile_threshold, rerank)
 
@@ -106,3 +107,46 @@ def test_inter_camera_topk_jaccard_option():
                                   jaccard_topk=4)
     dist = cross_camera_distance(features, scores, camids, 0.05, topk=4)
     np.testing.assert_array_equal(labels.numpy(), agglomerative(dist, n_clusters=10))
+
+
+@pytest.mark.parametrize("block_elements", [1, 500, 1 << 22])
+def test_inter_camera_condensed_path_equals_the_dense_path(block_elements, monkeypatch):
+    # Row blocks of 1 row to all rows: the distance, the in-place re-ranking (written from the
+    # last block to the first) and the linkage must not depend on them.
+    monkeypatch.setattr(camera, "_CONDENSED_BLOCK_ELEMENTS", block_elements)
+    features, camids = camera_data(5, sizes=(70, 30, 50))
+    scores = torch.softmax(3 * torch.randn(len(camids), 24, generator=torch.Generator().manual_seed(6)), 1)
+    dist = rerank(cross_camera_distance(features, scores, camids, 0.02), k1=8, k2=3)
+    labels = cluster_inter_camera(features, scores, camids, mu=0.02, n_clusters=20, k1=8, k2=3)
+    np.testing.assert_array_equal(labels.numpy(), agglomerative(dist, n_clusters=20))
+    thresholded = cluster_inter_camera(features, scores, camids, mu=0.02, threshold_quantile=0.01,
+                                       k1=8, k2=3, drop_singletons=True)
+    expected = agglomerative(dist, threshold=quantile_threshold(dist, 0.01), drop_singletons=True)
+    np.testing.assert_array_equal(thresholded.numpy(), expected)
+
+
+def test_inter_camera_single_image():
+    labels = cluster_inter_camera(torch.ones(1, 3), torch.ones(1, 2), [0], mu=0.02, n_clusters=1)
+    np.testing.assert_array_equal(labels.numpy(), [0])
+
+
+def test_dense_route_gives_the_condensed_route_labels():
+    # The route CUDA features take (dense matrix, re-ranked in place, float32 upper triangle),
+    # run here on CPU tensors: the same labels as the condensed route.
+    features, camids = camera_data(7)
+    scores = torch.softmax(3 * torch.randn(len(camids), 24, generator=torch.Generator().manual_seed(8)), 1)
+    reranking = {"k1": 8, "k2": 3, "lambda_value": 0.3}
+    condensed = camera._dense_condensed(features, scores, camids, 0.02, None, True, reranking)
+    assert condensed.dtype == np.float32
+    labels = cluster_inter_camera(features, scores, camids, mu=0.02, n_clusters=15, **reranking)
+    np.testing.assert_array_equal(agglomerative(condensed, n_clusters=15, overwrite=True), labels.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inter_camera_on_cuda_equals_cpu():
+    features, camids = camera_data(9)
+    scores = torch.softmax(3 * torch.randn(len(camids), 24, generator=torch.Generator().manual_seed(10)), 1)
+    cpu = cluster_inter_camera(features, scores, camids, mu=0.02, n_clusters=15, k1=8, k2=3)
+    gpu = cluster_inter_camera(features.cuda(), scores.cuda(), camids.cuda(), mu=0.02, n_clusters=15,
+                               k1=8, k2=3)
+    np.testing.assert_array_equal(gpu.numpy(), cpu.numpy())

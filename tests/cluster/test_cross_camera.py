@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timm_reid.cluster import cross_camera_distance, weighted_jaccard
+from timm_reid.cluster.cross_camera import cross_camera_condensed, jaccard_blocks
 
 
 def direct_jaccard(scores):
@@ -95,3 +96,27 @@ def test_cuda_uses_the_fused_kernel_with_the_same_result():
     cpu = cross_camera_distance(features, scores, camids, 0.02)
     gpu = cross_camera_distance(features.cuda(), scores.cuda(), camids.cuda(), 0.02)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 40), chunk=st.sampled_from([None, 1, 6]),
+       topk=st.sampled_from([None, 4]), mu=st.sampled_from([0.0, 0.02]))
+def test_condensed_distance_is_the_upper_triangle_of_the_square_one(seed, n, chunk, topk, mu):
+    gen = torch.Generator().manual_seed(seed)
+    features, scores = torch.randn(n, 8, generator=gen), softmax_scores(seed, n)
+    camids = torch.randint(0, 3, (n,), generator=gen)
+    square = cross_camera_distance(features, scores, camids, mu, topk=topk).numpy()
+    condensed, diagonal = cross_camera_condensed(features, scores, camids, mu, chunk_size=chunk, topk=topk)
+    assert condensed.dtype == diagonal.dtype == np.float32
+    np.testing.assert_allclose(condensed, square[np.triu_indices(n, k=1)], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(diagonal, np.diag(square), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_upper_jaccard_blocks_are_the_column_tails_of_the_full_ones(topk):
+    scores = softmax_scores(5, 23)
+    full = list(jaccard_blocks(scores, chunk_size=5, topk=topk))
+    upper = list(jaccard_blocks(scores, chunk_size=5, topk=topk, upper=True))
+    for (start, stop, block), (start_u, stop_u, tail) in zip(full, upper):
+        assert (start, stop) == (start_u, stop_u)
+        torch.testing.assert_close(tail, block[:, start:], atol=1e-6, rtol=0)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timm_reid.cluster import rerank, rerank_blocks
+from timm_reid.cluster.reranking import rerank_condensed_
 
 
 def dense_rerank(dist, k1, k2, lambda_value):
@@ -135,3 +136,41 @@ def test_overwrite_writes_the_result_into_the_input():
 def test_overwrite_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         rerank(cosine(random_features(6, 20)), k1=4, k2=2, overwrite=True, **kwargs)
+
+
+def symmetric_with_diagonal(seed, n):
+    """A float32 symmetric distance matrix with a non-zero diagonal (as `1 - cos` has after
+    rounding), its condensed upper triangle and its diagonal."""
+    dist = cosine(random_features(seed, n))
+    dist = torch.triu(dist, 1) + torch.triu(dist, 1).t()
+    diagonal = torch.rand(n, generator=torch.Generator().manual_seed(seed)) * 1e-3
+    dist += torch.diag(diagonal)
+    return dist, dist.numpy()[np.triu_indices(n, k=1)].copy(), diagonal.numpy()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31), n=st.integers(4, 40), k1=st.integers(1, 12),
+       k2=st.integers(1, 4), lambda_value=st.sampled_from([0.0, 0.3, 1.0]),
+       chunk=st.sampled_from([None, 1, 3, 7]))
+def test_condensed_in_place_equals_dense_upper_triangle_bit_for_bit(seed, n, k1, k2, lambda_value, chunk):
+    k1, k2 = min(k1, n - 1), min(k2, n)
+    dist, condensed, diagonal = symmetric_with_diagonal(seed, n)
+    expected = rerank(dist, k1=k1, k2=k2, lambda_value=lambda_value).numpy()[np.triu_indices(n, k=1)]
+    # Blocks of one row are the hardest case for the last-to-first write order.
+    result = rerank_condensed_(condensed, diagonal, k1=k1, k2=k2, lambda_value=lambda_value,
+                               chunk_size=chunk)
+    assert result is condensed
+    np.testing.assert_array_equal(condensed, expected)
+
+
+def test_condensed_default_diagonal_is_zero():
+    dist, condensed, _ = symmetric_with_diagonal(7, 30)
+    dist.fill_diagonal_(0)
+    expected = rerank(dist, k1=6, k2=3).numpy()[np.triu_indices(30, k=1)]
+    np.testing.assert_array_equal(rerank_condensed_(condensed, k1=6, k2=3), expected)
+
+
+@pytest.mark.parametrize("condensed", [np.zeros(6), np.zeros((4, 4), dtype=np.float32)])
+def test_condensed_needs_a_float32_vector(condensed):
+    with pytest.raises(ValueError, match="1-D float32 NumPy condensed vector"):
+        rerank_condensed_(condensed, k1=1, k2=1)

@@ -6,7 +6,12 @@ Labels are made global by offsetting each camera's labels by the cluster counts 
 before it (cameras in ascending id order), so camera c's head sees `label - offset[c]`.
 
 Inter-camera (stage 2): the cross-camera distance `1 - cos - mu * J * [cam_i != cam_j]`,
-re-ranking, average-linkage clustering of all images.
+re-ranking, average-linkage clustering of all images. On CPU the three steps share one float32
+condensed vector (the strict upper triangle, N (N - 1) / 2 entries: 2.1 GB at MSMT17 size): the
+distance is written into it block by block, re-ranked in place (`rerank_condensed_`, blocks from
+the last to the first) and clustered in place (`agglomerative(..., overwrite=True)`), so no N x N
+matrix and no float64 copy exist. CUDA features keep the dense distance and re-ranking on the GPU
+(the fused Jaccard kernel) and hand the float32 upper triangle to the same in-place linkage.
 
 Small cameras: the reference, on meeting a camera with fewer images than clusters, sets the count
 to `n // 2` and keeps that smaller count for every later camera (and duplicates the camera's
@@ -24,8 +29,16 @@ import torch.nn.functional as F
 
 from ._checks import as_float_matrix, as_labels, check_no_nan, check_positive_int
 from .agglomerative import agglomerative, condensed_upper_triangle, quantile_threshold
-from .cross_camera import cross_camera_distance
+from .cross_camera import cross_camera_condensed, cross_camera_distance
 from .reranking import rerank as rerank_distances
+from .reranking import rerank_condensed_
+
+
+# Entries per block of rows on the condensed path. Smaller than the dense path's 16 M: the block
+# temporaries (distance, Jaccard, re-ranking rows and their gathers) add to the condensed vector
+# instead of hiding under an N x N matrix; measured at N = 8,000, 4 M entries keep them below
+# ~300 MB (16 M: ~500 MB) at the same speed.
+_CONDENSED_BLOCK_ELEMENTS = 1 << 22
 
 
 class IntraCameraClusters(NamedTuple):
@@ -50,14 +63,15 @@ def _clustering_target(n_clusters, threshold_quantile, default_count: int):
     return None
 
 
-def _cluster(dist, n, *, n_clusters, threshold_quantile, drop_singletons) -> np.ndarray:
-    """Labels from a square matrix, or (n > 1) from its condensed upper triangle."""
+def _cluster(dist, n, *, n_clusters, threshold_quantile, drop_singletons,
+             overwrite: bool = False) -> np.ndarray:
+    """Labels from a square matrix, or (n > 1) from its condensed upper triangle (destroyed
+    when `overwrite`)."""
     if n == 1:
         return np.full(1, -1 if drop_singletons else 0, dtype=np.int64)
-    if threshold_quantile is None:
-        return agglomerative(dist, n_clusters=n_clusters, drop_singletons=drop_singletons)
-    threshold = quantile_threshold(dist, threshold_quantile)
-    return agglomerative(dist, threshold=threshold, drop_singletons=drop_singletons)
+    target = {"n_clusters": n_clusters} if threshold_quantile is None else {
+        "threshold": quantile_threshold(dist, threshold_quantile)}
+    return agglomerative(dist, **target, drop_singletons=drop_singletons, overwrite=overwrite)
 
 
 def _camera_distance(unit: torch.Tensor, rerank: bool, k1: int, k2: int, lambda_value: float):
@@ -150,19 +164,37 @@ def cluster_inter_camera(
     Returns:
         (N,) int64 CPU tensor of labels (-1: dropped singleton).
     """
-    unit = _checked_features(features)
-    n = unit.shape[0]
+    # Validated here, normalised inside the distance functions only: a normalised copy kept for
+    # the whole step would be N x D more floats next to the condensed vector (0.27 GB at MSMT17
+    # size with 2048-d features).
+    feats = as_float_matrix(features, "features")
+    check_no_nan(feats, "features")
+    n = feats.shape[0]
     n_clusters = _clustering_target(n_clusters, threshold_quantile, default_count=800)
     if n_clusters is not None and n_clusters > n:
         raise ValueError(f"n_clusters={n_clusters} exceeds the number of images N={n}")
-    dist = cross_camera_distance(unit, scores, camids, mu, topk=jaccard_topk)
-    if rerank and n > 1:
-        rerank_distances(dist, k1=min(k1, n - 1), k2=min(k2, n), lambda_value=lambda_value,
-                         overwrite=True)
-    # Peak memory: the N x N float32 matrix, then its float64 upper triangle, never both kept
-    # alongside SciPy's working copy.
-    condensed = condensed_upper_triangle(dist) if n > 1 else dist
-    del dist
+    if n == 1:
+        cross_camera_distance(feats, scores, camids, mu, topk=jaccard_topk)  # validates the inputs
+        return torch.from_numpy(_cluster(None, 1, n_clusters=n_clusters, threshold_quantile=None,
+                                         drop_singletons=drop_singletons))
+    reranking = {"k1": min(k1, n - 1), "k2": min(k2, n), "lambda_value": lambda_value}
+    if feats.is_cuda:
+        condensed = _dense_condensed(feats, scores, camids, mu, jaccard_topk, rerank, reranking)
+    else:
+        rows = max(1, _CONDENSED_BLOCK_ELEMENTS // n)
+        condensed, diagonal = cross_camera_condensed(feats, scores, camids, mu, topk=jaccard_topk,
+                                                     chunk_size=rows)
+        if rerank:
+            rerank_condensed_(condensed, diagonal, **reranking, chunk_size=rows)
     labels = _cluster(condensed, n, n_clusters=n_clusters, threshold_quantile=threshold_quantile,
-                      drop_singletons=drop_singletons)
+                      drop_singletons=drop_singletons, overwrite=True)
     return torch.from_numpy(labels)
+
+
+def _dense_condensed(feats, scores, camids, mu, jaccard_topk, rerank, reranking) -> np.ndarray:
+    """The GPU route: the N x N matrix on the device (fused Jaccard kernel), re-ranked in place,
+    then its upper triangle as float32 on the host."""
+    dist = cross_camera_distance(feats, scores, camids, mu, topk=jaccard_topk)
+    if rerank:
+        rerank_distances(dist, **reranking, overwrite=True)
+    return condensed_upper_triangle(dist, dtype=np.float32)

@@ -17,10 +17,12 @@ only then: same formula in one pass, no N x N temporaries besides the output.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import as_float_matrix, as_labels, check_no_nan, check_positive_int
+from ._condensed import segment_starts
 from ._sparse import SparseRows, min_sums
 
 _BLOCK_ELEMENTS = 1 << 24
@@ -62,22 +64,28 @@ def weighted_jaccard(scores, *, chunk_size: int | None = None, topk: int | None 
     return out
 
 
-def jaccard_blocks(scores: torch.Tensor, *, chunk_size=None, topk=None):
-    """Yield `(start, stop, J[start:stop])` so callers never hold the whole N x N matrix."""
+def jaccard_blocks(scores: torch.Tensor, *, chunk_size=None, topk=None, upper: bool = False):
+    """Yield `(start, stop, J[start:stop])` so callers never hold the whole N x N matrix.
+
+    With `upper=True` each block holds only the columns from `start` on (`J[start:stop, start:]`,
+    the upper triangle and the diagonal): half the work of the exact variant.
+    """
     s = scores.float()
     n = s.shape[0]
     totals = s.sum(dim=1)
     if topk is None:
         for start, stop in _row_blocks(n, n, chunk_size):
-            l1 = torch.cdist(s[start:stop], s, p=1)
-            both = totals[start:stop, None] + totals[None, :]
+            first = start if upper else 0
+            l1 = torch.cdist(s[start:stop], s[first:], p=1)
+            both = totals[start:stop, None] + totals[None, first:]
             yield start, stop, _ratio(both - l1, both + l1)
         return
     by_row, by_col = _top_entries(s, check_positive_int(topk, "topk"))
     for start, stop in _row_blocks(n, n, chunk_size):
-        shared = min_sums(by_row, by_col, start, stop, n)
+        first = start if upper else 0
+        shared = min_sums(by_row, by_col, start, stop, n)[:, first:]
         # sum max = sum a + sum b - sum min, with the exact totals and the approximate minimum.
-        yield start, stop, _ratio(shared, totals[start:stop, None] + totals[None, :] - shared)
+        yield start, stop, _ratio(shared, totals[start:stop, None] + totals[None, first:] - shared)
 
 
 def _ratio(intersection: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
@@ -93,6 +101,21 @@ def _top_entries(s: torch.Tensor, k: int):
     rows, columns, values = rows[keep], columns.reshape(-1)[keep], values.reshape(-1)[keep]
     return (SparseRows.from_coo(rows, columns, values, n),
             SparseRows.by_column(rows, columns, values, width))
+
+
+def _checked_inputs(features, scores, camids, mu):
+    """L2-normalised features, scores and camera ids, validated together."""
+    feats = as_float_matrix(features, "features")
+    check_no_nan(feats, "features")
+    n = feats.shape[0]
+    s = as_float_matrix(scores, "scores", device=feats.device)
+    if s.shape[0] != n:
+        raise ValueError(f"scores has {s.shape[0]} rows but features has {n}; pass one score "
+                         "vector per image")
+    cams = as_labels(camids, "camids", length=n, device=feats.device)
+    if not float(mu) >= 0.0:
+        raise ValueError(f"mu must be a non-negative number, got {mu}")
+    return F.normalize(feats.float(), dim=1), s, cams
 
 
 def cross_camera_distance(
@@ -114,17 +137,7 @@ def cross_camera_distance(
             `mu = 0` skips the Jaccard computation.
         chunk_size, topk: see `weighted_jaccard`.
     """
-    feats = as_float_matrix(features, "features")
-    check_no_nan(feats, "features")
-    n = feats.shape[0]
-    s = as_float_matrix(scores, "scores", device=feats.device)
-    if s.shape[0] != n:
-        raise ValueError(f"scores has {s.shape[0]} rows but features has {n}; pass one score "
-                         "vector per image")
-    cams = as_labels(camids, "camids", length=n, device=feats.device)
-    if not float(mu) >= 0.0:
-        raise ValueError(f"mu must be a non-negative number, got {mu}")
-    unit = F.normalize(feats.float(), dim=1)
+    unit, s, cams = _checked_inputs(features, scores, camids, mu)
     if unit.is_cuda and topk is None:
         from timm_reid.kernels.jaccard import cross_camera_distance as fused_kernel
 
@@ -135,3 +148,41 @@ def cross_camera_distance(
             other_camera = cams[start:stop, None] != cams[None, :]
             dist[start:stop] -= mu * jaccard * other_camera
     return dist
+
+
+def cross_camera_condensed(
+    features,
+    scores,
+    camids,
+    mu: float,
+    *,
+    chunk_size: int | None = None,
+    topk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`cross_camera_distance` as SciPy's condensed float32 upper triangle, plus its diagonal.
+
+    Returns `(condensed, diagonal)`: the N (N - 1) / 2 entries (i, j), i < j, row by row, and the
+    N entries (i, i) (`1 - cos(f_i, f_i)`, zero up to rounding). Computed block of rows by block
+    of rows, each block from its own diagonal on, so memory is the vector (half the N x N float32
+    matrix) plus one block, and the exact Jaccard does half the work of the square version. On
+    CPU; CUDA inputs are brought to the CPU block by block.
+    """
+    unit, s, cams = _checked_inputs(features, scores, camids, mu)
+    n = unit.shape[0]
+    condensed = np.empty(n * (n - 1) // 2, dtype=np.float32)
+    diagonal = np.empty(n, dtype=np.float32)
+    starts = segment_starts(n)
+    blocks = (jaccard_blocks(_checked_scores(s), chunk_size=chunk_size, topk=topk, upper=True)
+              if mu > 0 else ((a, b, None) for a, b in _row_blocks(n, n, chunk_size)))
+    for start, stop, jaccard in blocks:
+        block = 1.0 - unit[start:stop] @ unit[start:].t()
+        if jaccard is not None:
+            block -= mu * jaccard * (cams[start:stop, None] != cams[None, start:])
+        block = block.cpu().numpy()
+        rows = np.arange(stop - start)
+        diagonal[start:stop] = block[rows, rows]
+        # write_upper_rows expects full-width rows; these start at column `start`.
+        for r in rows:
+            i = start + r
+            condensed[starts[i]:starts[i] + n - 1 - i] = block[r, r + 1:]
+    return condensed, diagonal

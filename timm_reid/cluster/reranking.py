@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import as_float_matrix, check_no_nan, check_positive_int
+from ._condensed import num_samples, pair_index, segment_starts, symmetric_rows, write_upper_rows
 from ._sparse import SparseRows, expand_rows, min_sum_chunks, min_sums, own_slots
 
 _STORAGE_DTYPES = (torch.float32, torch.float16)
@@ -72,6 +74,31 @@ class _CosineSource:
             pairs = self.features.index_select(0, r).mul_(self.features.index_select(0, c))
             out[start:start + step] = 1.0 - pairs.sum(dim=1)
         return out
+
+
+class _CondensedSource:
+    """Distances of a symmetric matrix held as its condensed upper triangle (a 1-D NumPy
+    vector, SciPy's layout) plus its diagonal: row i is column i of the rows before it and its
+    own segment (`_condensed.symmetric_rows`)."""
+
+    def __init__(self, condensed: np.ndarray, diagonal: np.ndarray | None):
+        self.condensed = condensed
+        self.n = num_samples(condensed.size)
+        self.starts = segment_starts(self.n)
+        self.diagonal = None if diagonal is None else np.asarray(diagonal, dtype=condensed.dtype)
+        self.device = torch.device("cpu")
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(symmetric_rows(self.condensed, self.starts, start, stop, self.diagonal))
+
+    def entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        r, c = rows.numpy(), cols.numpy()
+        off = r != c
+        out = np.zeros(r.size, dtype=np.float32)
+        out[off] = self.condensed[pair_index(self.starts, r[off], c[off])]
+        if self.diagonal is not None:
+            out[~off] = self.diagonal[r[~off]]
+        return torch.from_numpy(out)
 
 
 def _blocks(n: int, chunk_size: int | None):
@@ -283,6 +310,41 @@ def _final_block(source, by_row, by_col, start, stop, row_min, scale, lambda_val
     coefficient = lambda_value / scale[start:stop, None]
     out.addcmul_(source.rows(start, stop).float(), coefficient)
     return out.sub_(row_min[start:stop, None] * coefficient)
+
+
+def rerank_condensed_(
+    condensed: np.ndarray,
+    diagonal: np.ndarray | None = None,
+    *,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Re-rank a symmetric matrix given as a float32 condensed vector, writing the result into it.
+
+    The input is the strict upper triangle (SciPy's condensed layout) of a symmetric distance
+    matrix, with its diagonal (default 0). On return it holds the strict upper triangle of the
+    re-ranked matrix `rerank(D)`, equal bit for bit to the dense result: that matrix is not
+    symmetric, and its upper triangle is what `agglomerative` reads. No N x N buffer: memory
+    beyond the vector is one block of rows plus the sparse encoding, as in `rerank_blocks`.
+
+    Why in place is safe: output row i needs input row i, that is its own segment and the
+    entries (j, i) of the segments of rows j < i. Blocks of rows are re-ranked from the last to
+    the first, each computed in full before it is written, so when a block is written only the
+    segments of its own rows and of rows after it change, and no row still to be computed reads
+    those (steps 1-4, the neighbour sets and weights, read everything before any write).
+    """
+    if not isinstance(condensed, np.ndarray) or condensed.ndim != 1 or condensed.dtype != np.float32:
+        raise ValueError("rerank_condensed_ needs a 1-D float32 NumPy condensed vector; convert "
+                         "with np.asarray(..., dtype=np.float32) first")
+    source = _CondensedSource(condensed, diagonal)
+    _check_arguments(source.n, k1, k2, lambda_value, torch.float32)
+    row_min, scale, by_row, by_col = _encode(source, k1, k2, torch.float32, chunk_size)
+    for start, stop in reversed(list(_blocks(source.n, chunk_size))):
+        block = _final_block(source, by_row, by_col, start, stop, row_min, scale, lambda_value)
+        write_upper_rows(condensed, source.starts, start, block.numpy())
+    return condensed
 
 
 def _overwrite_target(dist, dtype, num_query) -> torch.Tensor:
