@@ -149,7 +149,8 @@ def main_rows(args):
     chosen = chosen_strengths(args.results, args.model, _relative(args.init_path) or "random")
     strengths = {f: s for f, (s, _) in chosen.items()}
     configs = args.configs or ["nogap", *(f"{f}@{strengths.get(f, 0):g}" for f in FACTORS), "all", "all-shared-colour"]
-    needed = {c.split("@")[0] for c in configs if "@" in c} | (set(FACTORS) if any(c.startswith("all") for c in configs) else set())
+    # "factor@strength" names its strength; only "all" and "all-shared-colour" need the chosen ones
+    needed = set(FACTORS) if any(c.startswith("all") for c in configs) else set()
     missing = sorted(needed - set(chosen))
     if missing:
         sys.exit(f"calibrate first: no calibration runs for {', '.join(missing)} "

@@ -25,3 +25,10 @@ $S --methods iics --configs s05-weak-style s06-strong-style s07-occluded s08-une
 python benchmarks/suite.py --methods ice iics --inits isr
 python benchmarks/suite.py --methods ice iics --inits random --variant fixed
 python benchmarks/suite.py --report --refresh-rounds
+# third session (2026-12-04): the demos on their own data at seeds 1-2 with the automatic settings (the
+# 3-seed check of the goal), run from a second checkout while the v4 study ran beside them (2 runs at a time)
+$S --methods ice --configs demo-data-seed1 demo-data-seed2
+$S --methods iics --configs demo-data-seed1 demo-data-seed2
+# the IICS demo with the old fixed counts (100 / 180) on seeds 1-2, paired with the automatic rows above
+$S --methods iics --configs demo-data-seed1 --variant fixed
+$S --methods iics --configs demo-data-seed2 --variant fixed

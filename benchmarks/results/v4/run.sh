@@ -25,3 +25,14 @@ python -m timm_reid.pretrain --method supervised --epochs 40 --model convnext_at
 # calibration from that start, seed 0, each factor at strength 4 first (the last three configurations ran as separate invocations, two at a time; resumable)
 python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors \
     --configs nogap cast@4 scene@4 blur@4 illumination@4 resolution@4 viewpoint@4
+# third session (2026-12-04), new machine: the supervised start re-made with the same command (above; 41 min
+# on one shared thread). It is not bitwise the first start: zero-shot mAP on cast@4 9.384 against 9.392, so
+# the first start's plain rows were moved to runs-first-start.jsonl and the plain rows run again from the new
+# start; the entry rows below are paired with those.
+python -m timm_reid.pretrain --method supervised --epochs 40 --model convnext_atto --height 128 --width 64 \
+    --seed 0 --output $INIT --threads 1 --no-progress
+python benchmarks/study_v4.py --phase main --seeds 0 --init-path $INIT/backbone.safetensors \
+    --configs cast@4 nogap --rows aibn34-blend aibn34-replace
+python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors --configs cast@4 nogap
+python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors --configs scene@4
+python benchmarks/study_v4.py --report
