@@ -77,6 +77,13 @@ def patch(model: nn.Module, options: Optional[PatchOptions] = None, **keywords: 
     Returns:
         `model` itself, patched.
 
+    When it helps (measured on synthetic data, one seed so far: benchmarks/results/v4/README.md):
+    from a pretrained convnext_atto at 128x64, AIBN in stages 3-4 costs accuracy when the cameras do
+    not differ (after IICS training: blend -2.7, replace -6.6 mAP against the unpatched model) and
+    is level or slightly ahead only under a strong per-camera colour cast (blend +0.9, replace
+    -2.4). Patch where cameras differ photometrically, keep the default `entry="blend"`, and compare
+    with the unpatched model on your own data.
+
     Raises:
         TypeError: unsupported model (the message lists the supported families) or norm type.
         ValueError: bad option, stage out of range, `tnorm` without `num_cameras`, a stage patched
