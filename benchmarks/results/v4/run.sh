@@ -35,4 +35,6 @@ python benchmarks/study_v4.py --phase main --seeds 0 --init-path $INIT/backbone.
     --configs cast@4 nogap --rows aibn34-blend aibn34-replace
 python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors --configs cast@4 nogap
 python benchmarks/study_v4.py --phase calibrate --seeds 0 --init-path $INIT/backbone.safetensors --configs scene@4
+# started beside it and stopped at the end of the session after 1 of 4 rounds (not recorded; resumable):
+# python benchmarks/study_v4.py --phase main --seeds 0 --init-path $INIT/backbone.safetensors --configs scene@4 --rows aibn34-blend
 python benchmarks/study_v4.py --report
