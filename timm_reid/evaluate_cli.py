@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dataset folder (None: the checkpoint run's data)")
     parser.add_argument("--protocol", default=None, choices=PROTOCOLS,
                         help="test protocol: reid (query/gallery), or visible-infrared sysumm01 / regdb (the data "
-                             "read with that layout; RegDB: split 1) (None: the checkpoint's, else reid)")
+                             "read with that layout; RegDB: the split of --trial) (None: the checkpoint's, else reid)")
     parser.add_argument("--trial", default=None, type=int, metavar="T",
                         help="--protocol regdb: which of RegDB's 10 published splits (None: the checkpoint run's, else 1)")
     parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),

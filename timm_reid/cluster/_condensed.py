@@ -89,13 +89,14 @@ def symmetric_rows(condensed: np.ndarray, starts: np.ndarray, start: int, stop: 
 
 
 def write_upper_rows(condensed: np.ndarray, starts: np.ndarray, start: int,
-                     block: np.ndarray) -> None:
-    """Store the strict upper part of rows start.. (block: (rows, N), any float dtype)."""
+                     block: np.ndarray, first_column: int = 0) -> None:
+    """Store the strict upper part of rows start.. (block: (rows, N - first_column), its columns
+    first_column.., any float dtype)."""
     n = starts.size
     for r in range(block.shape[0]):
         i = start + r
         if i < n - 1:
-            condensed[starts[i]:starts[i] + n - 1 - i] = block[r, i + 1:]
+            condensed[starts[i]:starts[i] + n - 1 - i] = block[r, i + 1 - first_column:]
 
 
 def sortable_keys(values: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import as_float_matrix, as_labels, check_no_nan, check_positive_int
-from ._condensed import segment_starts
+from ._condensed import segment_starts, write_upper_rows
 from ._sparse import SparseRows, min_sums
 
 _BLOCK_ELEMENTS = 1 << 24
@@ -181,8 +181,5 @@ def cross_camera_condensed(
         block = block.cpu().numpy()
         rows = np.arange(stop - start)
         diagonal[start:stop] = block[rows, rows]
-        # write_upper_rows expects full-width rows; these start at column `start`.
-        for r in rows:
-            i = start + r
-            condensed[starts[i]:starts[i] + n - 1 - i] = block[r, r + 1:]
+        write_upper_rows(condensed, starts, start, block, first_column=start)
     return condensed, diagonal

@@ -24,7 +24,7 @@ from timm_reid import distributed
 from timm_reid._cli import check_backbone, check_output_folder, checked
 from timm_reid._run import CHECKPOINT_FILE, USER_ERRORS, RunFolder, resumed_options, session
 from timm_reid._runlock import RunLock
-from timm_reid.evaluation.splits import evaluate_split, format_metrics
+from timm_reid.evaluation.splits import PROTOCOLS, evaluate_split, format_metrics
 from timm_reid._records import check_stored_options, options_entry
 from timm_reid.train.checkpoint import atomic_save, load_checkpoint, seed_everything, write_json, write_jsonl
 from timm_reid.train.config import (PROG, RESUME_FLAGS, check_args, get_args_parser, model_option_names, parse_args,
@@ -323,9 +323,9 @@ def load_data(*, dataset, root, run_dir, seed, num_identities, num_test_identiti
 
 
 def evaluation_protocol(method, dataset):
-    """The test protocol of a run: a visible-infrared layout's own (``sysumm01``, ``regdb``: their
-    query/gallery rules are part of the data), else the method's ``EVALUATION``."""
-    return dataset if dataset in ("sysumm01", "regdb") else method.EVALUATION
+    """The test protocol of a run: a layout that is a protocol of its own (``sysumm01``, ``regdb``:
+    their query/gallery rules are part of the data), else the method's ``EVALUATION``."""
+    return dataset if dataset in PROTOCOLS else method.EVALUATION
 
 
 def synthetic_root(root, run_dir):
