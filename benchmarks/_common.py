@@ -6,7 +6,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -35,15 +35,27 @@ def quantiles(samples: List[float]) -> Dict[str, float]:
     return {"median_ms": 1e3 * statistics.median(ordered), "p20_ms": 1e3 * pick(0.2), "p80_ms": 1e3 * pick(0.8)}
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 2) -> Dict[str, Dict[str, float]]:
-    """Time several candidates round-robin, so machine noise hits all of them alike."""
+def time_interleaved(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 2, clock: str = "wall",
+                     baseline: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Time several candidates round-robin, so machine noise hits all of them alike.
+
+    ``clock="thread"`` counts this thread's CPU time instead of wall time: on a machine shared with
+    other jobs it leaves out the time the scheduler gave them (caches and memory bandwidth stay
+    shared). With ``baseline`` each entry also gets ``median_ratio``, the median over rounds of
+    its time over the baseline's in the same round (drift between rounds cancels).
+    """
+    now = {"wall": time.perf_counter, "thread": time.thread_time}[clock]
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = now()
             fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: quantiles(s) for name, s in samples.items()}
+            samples[name].append(now() - start)
+    out = {name: {**quantiles(s), "clock": clock} for name, s in samples.items()}
+    if baseline is not None:
+        for name, s in samples.items():
+            out[name]["median_ratio"] = statistics.median(a / b for a, b in zip(s, samples[baseline]))
+    return out

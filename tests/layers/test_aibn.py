@@ -325,3 +325,27 @@ def test_nchw_input_stored_channels_last_gives_the_contiguous_result(training):
         results.append((y, xm.grad, layer.gate.grad, layer.running_mean.clone()))
     for got, want, name in zip(results[1], results[0], ("y", "dx", "dgate", "running_mean")):
         assert_verbose_allclose(got, want, 1e-12, 1e-12, name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("mix", ["var", "std"])
+def test_one_segment_path_equals_the_segmented_path(channels_last, mix):
+    """AIBN's whole-batch shortcut (no one-hot sums, no per-sample rows) against the generic
+    segmented path given the same batch as segment 0 of two (segment 1 empty): outputs, running
+    statistics and every gradient in float64."""
+    from timm_reid.layers._autograd import adaptive_norm
+
+    gen = torch.Generator().manual_seed(11)
+    shape = (5, 3, 4, 6) if channels_last else (5, 6, 3, 4)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 - 1
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    results = []
+    for segments, num_segments in ((None, 1), (torch.zeros(5, dtype=torch.long), 2)):
+        layer = make_layer(6, mix, 0.4, channels_last=channels_last).double()
+        xa = x.clone().requires_grad_()
+        y, seg_mean, seg_var, _ = adaptive_norm(xa, layer.weight, layer.bias, layer.gate, segments=segments,
+                                                num_segments=num_segments, mix=mix, channels_last=channels_last)
+        y.backward(dy)
+        results.append((y, seg_mean[0], seg_var[0], xa.grad, layer.weight.grad, layer.bias.grad, layer.gate.grad))
+    for name, fast, generic in zip(("y", "mean", "var", "dx", "dweight", "dbias", "dgate"), *results):
+        assert_verbose_allclose(fast, generic, 1e-12, 1e-12, name)

@@ -40,6 +40,7 @@ class AdaptiveNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, gate, eval_mean, eval_var, segments, num_segments, mix, eps, channels_last, process_group):
+        ctx.set_materialize_grads(False)  # no zero gradients made for the statistics outputs
         ctx.flip = nhwc_memory(x, channels_last)
         x, channels_last = (x.permute(0, 2, 3, 1), True) if ctx.flip else (x, channels_last)
         y, seg_mean, seg_var, count, saved = adaptive_forward(
@@ -52,6 +53,8 @@ class AdaptiveNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *_):
+        if dy is None:  # y took no part in the loss
+            return (None,) * 12
         saved = ctx.saved_tensors  # unpacked once (gradient checkpointing allows no second time)
         weight, bias = saved[1], saved[2]
         dy = dy.permute(0, 2, 3, 1) if ctx.flip else dy
@@ -78,10 +81,13 @@ def adaptive_forward(x, weight, bias, gate, eval_mean, eval_var, segments, num_s
     """
     # The centred input is the output buffer: one activation-sized allocation for the whole
     # forward (fresh allocations of this size are page-faulted in and cost more than a pass).
-    out, mean_in, var_in = _centred_instance_stats(x, channels_last)
+    out, mean_in, var_in = _centred_instance_stats(x, channels_last, keep=output)
     cd = mean_in.dtype
     training = eval_mean is None
-    if training:
+    if training and _one_local_segment(num_segments, process_group):
+        seg_mean, seg_var, count = _whole_batch_stats(mean_in, var_in)
+        mean_b, var_b = seg_mean, seg_var  # (1, C): broadcast, no per-sample rows
+    elif training:
         seg_mean, seg_var, count = segment_stats(mean_in, var_in, segments, num_segments, process_group)
         mean_b, var_b = rows(seg_mean, segments), rows(seg_var, segments)
     else:
@@ -89,7 +95,10 @@ def adaptive_forward(x, weight, bias, gate, eval_mean, eval_var, segments, num_s
         mean_b = eval_mean.to(cd).expand_as(mean_in)
         var_b = eval_var.to(cd).expand_as(mean_in)
     w = gate.to(cd).clamp(0, 1)
-    mean, var = mix_stats(mean_in, var_in, mean_b, var_b, w, mix)
+    if mix == "var":  # mix_stats' values as two lerps (this runs in every layer of every step)
+        mean, var = torch.lerp(mean_in, mean_b, w), torch.lerp(var_in, var_b, w)
+    else:
+        mean, var = mix_stats(mean_in, var_in, mean_b, var_b, w, mix)
     rstd = torch.rsqrt(var + eps)
     y = None
     if output:
@@ -124,7 +133,7 @@ def adaptive_backward(saved, config, dy, weight, need_dx: bool, need_dgate: bool
     dims = spatial_dims(channels_last)
     L = x.shape[dims[0]] * x.shape[dims[1]]
     dyf = dy.to(cd)
-    sum_dy, sum_dy_centred, centred = _gradient_sums(dyf, x, mean_in, channels_last)
+    sum_dy, sum_dy_centred, centred = _gradient_sums(dyf, x, mean_in, channels_last, keep=need_dx)
     sum_dy_xhat = (sum_dy_centred + (mean_in - mean) * sum_dy) * rstd
     if not (need_dx or need_dgate):
         return None, sum_dy_xhat, sum_dy, None
@@ -150,7 +159,12 @@ def adaptive_backward(saved, config, dy, weight, need_dx: bool, need_dgate: bool
 
     dmu_in = (1 - w) * dmu
     dvar_in = (1 - w) * d_inst_var
-    if training:
+    if training and _one_local_segment(num_segments, process_group):
+        n = x.shape[0]
+        seg_dvar = (w * d_batch_var).sum(0, keepdim=True)
+        dmu_in = dmu_in + ((w * dmu).sum(0, keepdim=True) + 2 * seg_dvar * (mean_in - mean_b)) / n
+        dvar_in = dvar_in + seg_dvar / n
+    elif training:
         seg_dmu = _segment_sum(w * dmu, segments, num_segments)
         seg_dvar = _segment_sum(w * d_batch_var, segments, num_segments)
         if process_group is not None:
@@ -172,8 +186,9 @@ def adaptive_backward(saved, config, dy, weight, need_dx: bool, need_dgate: bool
     return dx, sum_dy_xhat, sum_dy, dgate
 
 
-def _centred_instance_stats(x: Tensor, channels_last: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(x - mu_in, mu_in, var_in)`` in the compute dtype, two passes (the reference's values).
+def _centred_instance_stats(x: Tensor, channels_last: bool, keep: bool = True):
+    """``(x - mu_in, mu_in, var_in)`` in the compute dtype, two passes (the reference's values);
+    with ``keep=False`` the centred buffer is squared in place and None is returned for it.
 
     A plain sum and the squared norm of the centred data are several times faster on CPU than
     ``torch.var_mean``'s Welford loop, and the centred sum of squares has no cancellation.
@@ -182,6 +197,9 @@ def _centred_instance_stats(x: Tensor, channels_last: bool) -> Tuple[Tensor, Ten
     count = x.shape[dims[0]] * x.shape[dims[1]]
     mean = spatial_sum(x.to(compute_dtype(x.dtype)), channels_last) / count
     centred = _centred(x, mean, channels_last)
+    if channels_last and not keep:
+        # Each fresh activation-sized buffer costs more than a pass on CPU (page faults): reuse it.
+        return None, mean, spatial_sum(centred.square_(), channels_last) / (count - 1)
     if channels_last:
         squares = _sum_product(centred, centred, channels_last)
     else:  # the squared 2-norm: a vectorised reduction with no temporary, unlike product then sum
@@ -197,13 +215,14 @@ def _centred(x: Tensor, mean: Tensor, channels_last: bool) -> Tensor:
     return xf.sub_(per_channel(mean, channels_last))
 
 
-def _gradient_sums(dy: Tensor, x: Tensor, mean_in: Tensor, channels_last: bool):
+def _gradient_sums(dy: Tensor, x: Tensor, mean_in: Tensor, channels_last: bool, keep: bool = True):
     """``(sum_L dy, sum_L dy * (x - mu_in), x - mu_in or None)`` per (n, c), without cancellation.
 
     For a contiguous NCHW input of the compute dtype both sums come from one pass of BatchNorm's
     own backward reduction, run on the ``(1, N * C, L)`` view (each (n, c) a "channel") with
     ``mu_in`` as its mean and a unit inverse std; otherwise the centred input is made here (and
-    returned, to become the dx buffer).
+    returned, to become the dx buffer; with ``keep=False`` it is multiplied by ``dy`` in place
+    instead and None is returned).
     """
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     if not channels_last and x.dtype == dy.dtype and x.is_contiguous() and dy.is_contiguous():
@@ -214,6 +233,8 @@ def _gradient_sums(dy: Tensor, x: Tensor, mean_in: Tensor, channels_last: bool):
         )
         return sum_dy.view(n, c), sum_dy_centred.view(n, c), None
     centred = _centred(x, mean_in, channels_last)
+    if not keep:
+        return spatial_sum(dy, channels_last), spatial_sum(centred.mul_(dy), channels_last), None
     return spatial_sum(dy, channels_last), _sum_product(dy, centred, channels_last), centred
 
 
@@ -223,6 +244,21 @@ def _sum_product(a: Tensor, b: Tensor, channels_last: bool) -> Tensor:
     if not channels_last and a.is_contiguous() and b.is_contiguous():
         return torch.bmm(a.view(n * c, 1, -1), b.view(n * c, -1, 1)).view(n, c)
     return spatial_sum(a * b, channels_last)
+
+
+def _one_local_segment(num_segments: int, process_group) -> bool:
+    """AIBN's case: the whole local batch is the one segment (most small ops of the generic
+    segmented path - one-hot sums, per-sample rows - then drop out; on CPU at the ConvNeXt stage
+    3-4 shapes those ops, not the passes over the activation, are most of the layer's time)."""
+    return num_segments == 1 and process_group is None
+
+
+def _whole_batch_stats(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`segment_stats` for one segment holding every sample: ``(1, C)`` mean and variance
+    (``mean(var_in) + mean((mu_in - mu_b)^2)``, the form that does not cancel) and the count."""
+    mean = mean_in.mean(0, keepdim=True)
+    var = (var_in + (mean_in - mean).square()).mean(0, keepdim=True)
+    return mean, var, torch.full((1,), mean_in.shape[0], dtype=mean_in.dtype, device=mean_in.device)
 
 
 def _segment_sum(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
@@ -250,7 +286,7 @@ def adaptive_norm(
     process_group=None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Apply :class:`AdaptiveNormFunction`; returns ``(y, seg_mean, seg_var, seg_count)``."""
-    if eval_mean is None and segments is None:
+    if eval_mean is None and segments is None and not _one_local_segment(num_segments, process_group):
         segments = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return AdaptiveNormFunction.apply(
         x, weight, bias, gate, eval_mean, eval_var, segments, num_segments, mix, eps, channels_last, process_group
