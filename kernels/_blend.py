@@ -10,13 +10,14 @@ Forward, ``base="layernorm"`` (over C at each position, timm ConvNeXt), x read t
 1. ``_ln_stats_kernel``   grid (N, L-splits), one program spans all C of its positions: the
    per-position LayerNorm mean / rstd AND AIBN's per-(n, c) Chan partials from the same tiles.
 2. ``_stats.finalize``     AIBN's instance / batch statistics, running update, gate mix, per-(n, c)
-   ``a, c`` of ``AIBN(x) = x * a + c`` (the partials of step 1 are its L-splits).
-3. ``_ln_apply_kernel``   ``y = (1 - b) * (gamma * (x - m_l) * r_l + beta) + b * (x * a + c)``.
+   mixed ``mean, rstd`` (the partials of step 1 are its L-splits).
+3. ``_ln_apply_kernel``   ``y = gamma * ((1 - b) (x - m_l) r_l + b (x - mean) rstd) + beta``.
 
 Forward, ``base="batchnorm"``: BatchNorm's batch statistics are the per-channel combination of the
 instance statistics (``mean = mean_n mu_in``, ``var = mean_n ((L-1)/L var_in + (mu_in - mean)^2)``),
 so no extra pass: ``instance_partials`` + ``finalize`` + ``_bn_coef_kernel`` (grid C-blocks: BN
-statistics and the folded per-(n, c) ``A, C``) + ``apply_affine`` ``y = x * A + C``.
+statistics and the folded per-(n, c) ``A, K``) + ``_centred_apply_kernel`` ``y = (x - mu_in) * A + K``
+(centred on the instance mean: no cancellation of large offsets).
 
 Backward (x and dy read twice, dx written once), with AIBN's gradients from the shared
 ``_bwd_finalize_kernel`` run with the weight pre-scaled by ``b``:
@@ -128,7 +129,7 @@ def _ln_stats_kernel(
 def _ln_apply_kernel(
     x_ptr,  # (N, C, L) via strides: input
     ln_mean_ptr, ln_rstd_ptr,  # (N, L) fp32: LayerNorm statistics of each position
-    a_ptr, c_ptr,  # (N, C) fp32: AIBN(x) = x * a + c
+    mean_ptr, rstd_ptr,  # (N, C) fp32: AIBN's mixed mean and rstd, AIBN(x) = gamma (x - mean) rstd + beta
     weight_ptr, bias_ptr,  # (C,) shared affine (HAS_WEIGHT / HAS_BIAS)
     blend_ptr,  # (1,) raw blend weight (b = clamp(blend, 0, 1))
     out_ptr,  # (N, C, L) via strides: y in out's dtype
@@ -155,8 +156,8 @@ def _ln_apply_kernel(
     x = x.to(tl.float32)
     m = tl.load(ln_mean_ptr + n64 * L + rows, mask=rmask, other=0.0)
     r = tl.load(ln_rstd_ptr + n64 * L + rows, mask=rmask, other=0.0)
-    a = tl.load(a_ptr + n64 * C + cols, mask=cmask, other=0.0)
-    c = tl.load(c_ptr + n64 * C + cols, mask=cmask, other=0.0)
+    mean_a = tl.load(mean_ptr + n64 * C + cols, mask=cmask, other=0.0)
+    rstd_a = tl.load(rstd_ptr + n64 * C + cols, mask=cmask, other=0.0)
     if HAS_WEIGHT:
         gamma = tl.load(weight_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
     else:
@@ -165,8 +166,9 @@ def _ln_apply_kernel(
         beta = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     else:
         beta = tl.zeros([BLOCK_C], dtype=tl.float32)
-    base = (x - m[:, None]) * r[:, None] * gamma[None, :] + beta[None, :]  # centred: no cancellation at b = 0
-    out = (1.0 - b) * base + b * (x * a[None, :] + c[None, :])
+    # both branches centred on their own means (no cancellation of large offsets)
+    xhat = (1.0 - b) * ((x - m[:, None]) * r[:, None]) + b * ((x - mean_a[None, :]) * rstd_a[None, :])
+    out = xhat * gamma[None, :] + beta[None, :]
     o_ptrs = out_ptr + n64 * stride_on + rows[:, None] * stride_ol + cols[None, :] * stride_oc
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -178,7 +180,8 @@ def _bn_coef_kernel(
     rm_ptr, rv_ptr,  # (C,) running statistics (eval: BatchNorm's statistics)
     weight_ptr, bias_ptr,  # (C,) shared affine (HAS_WEIGHT / HAS_BIAS)
     blend_ptr,  # (1,) raw blend weight
-    a_ptr, c_ptr,  # (N, C) fp32 in: AIBN(x) = x * a + c; out: y = x * a + c of the blend (in place)
+    mean_ptr, rstd_ptr,  # (N, C) fp32 AIBN's mixed mean and rstd
+    a_ptr, k_ptr,  # (N, C) fp32 out: y = (x - mu_in) * A + K
     bn_mean_ptr, bn_rstd_ptr,  # (C,) fp32 out: BatchNorm mean and 1 / sqrt(biased var + eps)
     N, C, L, eps,
     TRAINING: tl.constexpr,
@@ -221,16 +224,51 @@ def _bn_coef_kernel(
     rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(bn_mean_ptr + cols, mu, mask=cmask)
     tl.store(bn_rstd_ptr + cols, rstd, mask=cmask)
-    scale = (1.0 - b) * gamma * rstd
-    shift = (1.0 - b) * (beta - gamma * rstd * mu)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
         mask = (ns < N)[:, None] & cmask[None, :]
         off = ns[:, None].to(tl.int64) * C + cols[None, :]
-        a = tl.load(a_ptr + off, mask=mask, other=0.0)
-        c = tl.load(c_ptr + off, mask=mask, other=0.0)
-        tl.store(a_ptr + off, scale[None, :] + b * a, mask=mask)
-        tl.store(c_ptr + off, shift[None, :] + b * c, mask=mask)
+        mu_in = tl.load(mu_in_ptr + off, mask=mask, other=0.0)
+        mean_a = tl.load(mean_ptr + off, mask=mask, other=0.0)
+        rstd_a = tl.load(rstd_ptr + off, mask=mask, other=0.0)
+        # y = gamma ((1 - b) (x - mu) rstd + b (x - mean_a) rstd_a) + beta, written around x = mu_in
+        a = gamma[None, :] * ((1.0 - b) * rstd[None, :] + b * rstd_a)
+        k = gamma[None, :] * ((1.0 - b) * rstd[None, :] * (mu_in - mu[None, :]) + b * rstd_a * (mu_in - mean_a))
+        tl.store(a_ptr + off, a, mask=mask)
+        tl.store(k_ptr + off, k + beta[None, :], mask=mask)
+
+
+@triton.autotune(
+    configs=tile_configs(),
+    key=["C", "L", "stride_xc", "stride_oc"],
+    prune_configs_by={"early_config_prune": prune_tile_configs},
+)
+@triton.jit
+def _centred_apply_kernel(
+    x_ptr,  # (N, C, L) via strides: input
+    m_ptr, a_ptr, k_ptr,  # (N, C) fp32: out = (x - m) * a + k
+    out_ptr,  # (N, C, L) via strides: out, in out's dtype
+    N, C, L,
+    stride_xn, stride_xc, stride_xl,
+    stride_on, stride_oc, stride_ol,
+    BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    n = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (rows < L)[:, None] & cmask[None, :]
+    n64 = n.to(tl.int64)
+    x = tl.load(x_ptr + n64 * stride_xn + rows[:, None] * stride_xl + cols[None, :] * stride_xc, mask=mask, other=0.0)
+    m = tl.load(m_ptr + n64 * C + cols, mask=cmask, other=0.0)
+    a = tl.load(a_ptr + n64 * C + cols, mask=cmask, other=0.0)
+    k = tl.load(k_ptr + n64 * C + cols, mask=cmask, other=0.0)
+    out = (x.to(tl.float32) - m[None, :]) * a[None, :] + k[None, :]
+    o_ptrs = out_ptr + n64 * stride_on + rows[:, None] * stride_ol + cols[None, :] * stride_oc
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -485,7 +523,7 @@ def _blend_forward_impl(
         if should_launch(xv):
             grid = lambda meta: (triton.cdiv(l, meta["BLOCK_L"]), n, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
             wrap_triton(_ln_apply_kernel)[grid](
-                xv, base_mean, base_rstd, out.a, out.b, out.a if weight is None else weight,
+                xv, base_mean, base_rstd, out.mean, out.rstd, out.a if weight is None else weight,
                 out.a if bias is None else bias, blend, y, n, c, l, *sx, *so,
                 HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             )
@@ -497,11 +535,16 @@ def _blend_forward_impl(
                 out.mu_in, out.var_in, out.seg_mean if training else out.mu_in,
                 out.mu_in if running_mean is None else running_mean, out.mu_in if running_var is None else running_var,
                 out.mu_in if weight is None else weight, out.mu_in if bias is None else bias, blend,
-                out.a, out.b, base_mean, base_rstd, n, c, l, eps,
+                out.mean, out.rstd, out.a, out.b, base_mean, base_rstd, n, c, l, eps,
                 TRAINING=training, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
                 BLOCK_N=block_n, BLOCK_C=block_cn, num_warps=warps,
             )
-        y = apply_affine(xv, out.a, channels_last, c=out.b, like=x)
+        # out.a, out.b (AIBN's own y = x * a + c, not used by the blend) now hold the blend's A, K
+        y = torch.empty_like(x)
+        _, _, _, _, so = ncl_view(y, channels_last)
+        if should_launch(xv):
+            grid = lambda meta: (triton.cdiv(l, meta["BLOCK_L"]), n, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+            wrap_triton(_centred_apply_kernel)[grid](xv, out.mu_in, out.a, out.b, y, n, c, l, *sx, *so)
     return (y, out.mu_in, out.var_in, out.mu_b, out.var_b, out.mean, out.rstd, base_mean, base_rstd,
             out.new_rm, out.new_rv)
 

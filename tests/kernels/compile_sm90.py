@@ -125,6 +125,9 @@ def compile_blend():
             ok &= compile_variant(BL._ln_apply_kernel, types,
                                   {"HAS_WEIGHT": flags[0], "HAS_BIAS": flags[1], "BLOCK_L": 16, "BLOCK_C": 64},
                                   f"blend ln_apply {xdt} HAS_WEIGHT/BIAS={flags[0]}", usage=True)
+        types = {"x_ptr": xdt, "m_ptr": F32, "a_ptr": F32, "k_ptr": F32, "out_ptr": xdt}
+        ok &= compile_variant(BL._centred_apply_kernel, types, {"BLOCK_L": 64, "BLOCK_C": 16},
+                              f"blend centred_apply {xdt}", usage=True)
         types = {name: F32 for name in BL._ln_dx_kernel.arg_names if name.endswith("_ptr")}
         types.update(x_ptr=xdt, dy_ptr=xdt, dx_ptr=xdt)
         for has_weight in (True, False):

@@ -161,6 +161,20 @@ def test_blend_matches_the_composition_over_small_shapes(n, c, hw, case, trainin
     check_against_composition(layer, x, dy, torch.float32)
 
 
+@pytest.mark.parametrize("base, channels_last", [("batchnorm", False), ("layernorm", True)])
+def test_blend_survives_a_large_offset(base, channels_last):
+    # mean 1e3, std 1: E[x^2] - E[x]^2 in fp32 would be off by ~5%; Welford/Chan (AIBN, BatchNorm)
+    # and the exact two-pass of the LayerNorm tile keep y at the fp32 resolution of the means
+    # (ulp(1e3) = 6e-5); both branches are applied centred on their own means.
+    layer = make_layer(6, base=base, channels_last=channels_last, mix="var", blend=0.3, training=True)
+    x, dy = make_input(shape_of(5, 6, 3, 5, channels_last), torch.float32, False)
+    x = (x.double() + 1e3).float()
+    ref_layer = copy.deepcopy(layer).double()
+    y = layer(x)
+    want = composed(ref_layer, x.double(), ref_layer.running_mean.clone(), ref_layer.running_var.clone(), True)[0]
+    assert_verbose_allclose(y, want, 2e-4, 0.0, "y at large offset")
+
+
 def test_wide_layernorm_falls_back_to_the_composition(monkeypatch):
     calls = []
     monkeypatch.setattr(_blend, "MAX_LAYERNORM_C", 4)
