@@ -35,7 +35,8 @@ Backward (x and dy read twice, dx written once), with AIBN's gradients from the 
 Limits: a LayerNorm base needs C <= 1024 (all channels of a position in one tile; timm ConvNeXt-T..B
 have C <= 1024); above that :func:`blend` runs the composition (AIBN kernels + ``F.layer_norm`` +
 ``lerp``). The distributed case (``process_group``) is not fused: ``BlendedAIBN`` takes the
-composition there. Everything besides the activation-sized passes is O(N * C) or O(N * L) fp32.
+composition there. Everything besides the activation-sized passes is fp32 statistics of O(N * C)
+(times the L-splits for the LayerNorm partials) or O(N * L).
 """
 from __future__ import annotations
 
