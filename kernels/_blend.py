@@ -466,6 +466,8 @@ def _bn_bwd_kernel(
 
 # Under the interpreter: 4-position tiles, 8-position chunks (several tiles per program, ragged splits).
 _INTERPRET_LN_PLAN = (4, 8)
+# Fewest positions per L-split of the LayerNorm plan (bounds the partials' traffic at small maps).
+_MIN_LN_CHUNK = 16
 
 
 def layernorm_plan(
@@ -475,7 +477,11 @@ def layernorm_plan(
     base (one program: all C of ``chunk`` positions), or None when C > :data:`MAX_LAYERNORM_C`.
 
     Tiles hold ~2048 elements (4096 when positions are contiguous in memory, NCHW: longer rows
-    per channel); L is split so the (N, split) grid fills the GPU (about 4 programs per SM).
+    per channel); L is split so the (N, split) grid fills the GPU (about 4 programs per SM), into
+    chunks of at least :data:`_MIN_LN_CHUNK` positions: each split writes 8 bytes of partials per
+    (n, c), ``8 / chunk`` bytes per element (ConvNeXt-T stage 4, L = 32: 2 splits of 16, 0.5 B per
+    element, where filling 132 SMs would take 8 splits of 4 and cost 2 B). Untuned: a choice for
+    an H100 run.
     """
     block_c = triton.next_power_of_2(c)
     if block_c > MAX_LAYERNORM_C:
@@ -486,7 +492,7 @@ def layernorm_plan(
         block_l = max(1, min(triton.next_power_of_2(l), (4096 if spatial_fast else 2048) // block_c))
         target = 4 * _utils._num_sms(device)
         want = max(1, min(triton.cdiv(target, max(n, 1)), triton.cdiv(l, block_l)))
-        chunk = triton.cdiv(triton.cdiv(l, want), block_l) * block_l
+        chunk = triton.cdiv(max(triton.cdiv(l, want), _MIN_LN_CHUNK), block_l) * block_l
     chunk = max(1, min(chunk, triton.cdiv(l, block_l) * block_l))
     warps = 1 if _utils.INTERPRET else (4 if block_l * block_c <= 1024 else 8)
     return block_l, block_c, chunk, triton.cdiv(l, chunk), warps
