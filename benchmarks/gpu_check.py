@@ -18,9 +18,9 @@ Stages, each with its own time budget (the whole check is sized for < 10 minutes
    are copied back), so the compiled kernels are compared with the CPU reference math at the
    tests' own tolerances. Tests that need the interpreter (module tests on CPU tensors, the
    gloo-distributed tests, the Jaccard tests) are not part of this stage.
-2. ``layers``: AIBN and TNorm modules with ``backend="triton"`` against ``backend="reference"``
-   on CUDA tensors (NCHW and the NHWC view, fp32 and bf16): output, input and parameter
-   gradients, running statistics; and ``torch.compile`` of a small AIBN + TNorm stack.
+2. ``layers``: AIBN, TNorm and BlendedAIBN (LayerNorm and BatchNorm base) modules with
+   ``backend="triton"`` against ``backend="reference"`` on CUDA tensors (NCHW and the NHWC view,
+   fp32 and bf16): output, input and parameter gradients, running statistics; and ``torch.compile`` of a small AIBN + TNorm stack.
 3. ``kernels``: ``benchmarks/kernels.py`` timings (``triton.testing.do_bench``: median, p20, p80)
    of the AIBN / TNorm kernels against the eager reference and ``nn.BatchNorm2d`` at the
    ResNet-50 layer3 and ConvNeXt-T stage-3 shapes, and of the Jaccard distance kernel, with the
@@ -33,8 +33,11 @@ Stages, each with its own time budget (the whole check is sized for < 10 minutes
    (sparse Jaccard graph + DBSCAN) with the k-NN top-k on the GPU at MSMT17 size (32,621 planted
    2048-d features) and its partition against the CPU run at 4,000 (adjusted Rand index >= 0.99
    passes); a training step of ResNet-50 and ConvNeXt-T with ``entry="blend"`` (blend weight 0.3)
-   on the Triton backend and on the fused torch path, against the unpatched model; the AIBN torch
-   path against ``nn.BatchNorm2d`` at the ResNet layer3 shape.
+   on the Triton backend and on the fused torch path, against the unpatched model; the fused blend
+   op (``timm_reid.kernels.blend``) against the composition it replaces (AIBN kernels + base norm +
+   ``lerp``), forward + backward at the ResNet-50 layer3 (BatchNorm base) and ConvNeXt-T stage-3
+   (LayerNorm base, NHWC) shapes in fp32 and bf16, with achieved GB/s of the traffic model; the
+   AIBN torch path against ``nn.BatchNorm2d`` at the ResNet layer3 shape.
 
 Output: one JSON object in ``--out`` (written atomically; an existing file is not overwritten):
 ``{"environment": ..., "stages": {name: {"ok": bool, "seconds": float, ...}}, "ok": bool}``.
@@ -267,7 +270,7 @@ def _module_case(layer_fn, x, dy, camids, targets):
 def stage_layers() -> dict:
     import torch
 
-    from timm_reid.layers import AIBN, TNorm
+    from timm_reid.layers import AIBN, BlendedAIBN, TNorm
 
     torch.manual_seed(0)
     rows, ok = [], True
@@ -284,10 +287,19 @@ def stage_layers() -> dict:
                 "tnorm.convert": (lambda b: TNorm(96, 3, channels_last=channels_last, backend=b), camids, targets),
                 "tnorm.normalize": (lambda b: TNorm(96, 3, mode="normalize", channels_last=channels_last, backend=b),
                                     camids, None),
+                # the fused blend op (triton) against BlendFunction / the composition (reference)
+                "blend.layernorm": (lambda b: BlendedAIBN(96, base="layernorm", blend_init=0.3, gate_init=0.3,
+                                                          channels_last=channels_last, backend=b), None, None),
             }
+            if not channels_last:  # a BatchNorm base is an NCHW layer
+                cases["blend.batchnorm"] = (lambda b: BlendedAIBN(96, base="batchnorm", blend_init=0.3, gate_init=0.3,
+                                                                  backend=b), None, None)
             for op, (make, cam, tgt) in cases.items():
                 got = _module_case(lambda: make("triton").cuda().train(), x, dy, cam, tgt)
-                ref = _module_case(lambda: make("reference").cuda().train(), x, dy, cam, tgt)
+                if op.startswith("blend"):  # the composition in bf16 rounds each branch: fp32 reference
+                    ref = _module_case(lambda: make("reference").cuda().train(), x.float(), dy.float(), cam, tgt)
+                else:
+                    ref = _module_case(lambda: make("reference").cuda().train(), x, dy, cam, tgt)
                 errs = {"y": _rel(got[0], ref[0])}
                 errs.update({k: _rel(got[1][k], ref[1][k]) for k in ref[1] if ref[1][k] is not None})
                 errs.update({k: _rel(got[2][k], ref[2][k]) for k in ref[2]})
@@ -491,8 +503,8 @@ def _ice_clustering(device: str, n: int, agreement_n: int) -> dict:
 
 
 def _blend_steps(device: str, models, batch: int, image, reps: int, sync) -> dict:
-    """Training step of the unpatched model against entry="blend" with the Triton backend (AIBN
-    kernels beside the base norm) and with the reference backend (the fused torch Function)."""
+    """Training step of the unpatched model against entry="blend" with the Triton backend (the fused
+    blend op, ``timm_reid.kernels.blend``) and with the reference backend (the fused torch Function)."""
     import torch
 
     import timm
@@ -525,6 +537,70 @@ def _blend_steps(device: str, models, batch: int, image, reps: int, sync) -> dic
     return out
 
 
+# (name, base, shape, channels_last layer, activation passes of a training step: composed, fused), the
+# rows of kernels/README.md "The blended entry"
+BLEND_SHAPES = (
+    ("resnet50.layer3", "batchnorm", (64, 1024, 16, 8), False, 27, 8),
+    ("convnext_tiny.stage3", "layernorm", (64, 16, 8, 384), True, 26, 8),
+)
+
+
+def _blend_op(device: str, reps: int, sync, shapes=BLEND_SHAPES, require_cuda: bool = True) -> dict:
+    """The fused blend op against the composition it replaces (the Triton AIBN kernels, the base norm
+    through PyTorch, ``lerp``), one training step's forward + backward on the same layer and input;
+    GB/s from the traffic model (activation passes x bytes / median). ``require_cuda=False`` lets it
+    run on CPU under TRITON_INTERPRET=1 (tiny shapes; a check of this function, not a timing)."""
+    if require_cuda and not device.startswith("cuda"):
+        return {"skipped": "the Triton kernels need a CUDA device"}
+    import torch
+    import torch.nn.functional as F
+
+    import timm_reid.kernels as kernels
+    from timm_reid.layers import BlendedAIBN
+
+    rows = []
+    for name, base, shape, channels_last, composed_passes, fused_passes in shapes:
+        c = shape[-1] if channels_last else shape[1]
+        for dtype in (torch.float32, torch.bfloat16):
+            layer = BlendedAIBN(c, base=base, channels_last=channels_last, backend="triton")
+            layer = layer.to(device=device, dtype=dtype).train()
+            layer.blend.data.fill_(0.3)
+            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+            dy = torch.randn(shape, device=device, dtype=dtype)
+
+            def fused():
+                x.grad = None
+                layer(x).backward(dy)
+
+            def composed():
+                x.grad = None
+                adaptive = kernels.aibn(x, layer.weight, layer.bias, layer.gate, layer.running_mean,
+                                        layer.running_var, training=True, channels_last=channels_last)
+                if base == "batchnorm":
+                    ref = F.batch_norm(x, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+                else:
+                    ref = F.layer_norm(x, (c,), layer.weight, layer.bias, layer.eps)
+                torch.lerp(ref, adaptive, layer.blend_weight().to(dtype)).backward(dy)
+
+            with torch.no_grad():
+                ref_y = torch.lerp(
+                    F.batch_norm(x, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+                    if base == "batchnorm" else F.layer_norm(x, (c,), layer.weight, layer.bias, layer.eps),
+                    kernels.aibn(x, layer.weight, layer.bias, layer.gate, None, None, training=True,
+                                 channels_last=channels_last), layer.blend_weight().to(dtype))
+                got_y = layer(x)
+            row = {"op": name, "base": base, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+                   "max_rel_err_y": _rel(got_y, ref_y),
+                   "fused_ms": _median_ms(fused, reps, sync), "composed_ms": _median_ms(composed, reps, sync)}
+            elem = x.numel() * x.element_size()
+            row["fused_gbps"] = round(fused_passes * elem / row["fused_ms"] / 1e6, 1)
+            row["composed_gbps"] = round(composed_passes * elem / row["composed_ms"] / 1e6, 1)
+            row["speedup"] = round(row["composed_ms"] / row["fused_ms"], 3)
+            rows.append(row)
+    return {"rows": rows, "ok": all(r["max_rel_err_y"] <= (2e-4 if r["dtype"] == "float32" else 3e-2) for r in rows),
+            "note": "GB/s from the traffic model of kernels/README.md (activation passes per training step)"}
+
+
 def _aibn_torch_path(device: str, reps: int, sync, shape=(64, 1024, 16, 8)) -> dict:
     """The torch path of AIBN (one autograd Function) against nn.BatchNorm2d, forward + backward."""
     import torch
@@ -550,14 +626,19 @@ def stage_paths(device: str = "cuda", cluster_n: int = 32_621, agreement_n: int 
                 image=(256, 128), models=("resnet50", "convnext_tiny"), reps: int = 5) -> dict:
     """Times the paths added for CPU speed where they also run on a GPU: ICE clustering with the
     k-NN top-k on the GPU at MSMT17 size, the blended-norm training step (Triton and fused torch
-    path), and the AIBN torch path against BatchNorm2d. Runs on CPU too (at small sizes, tested)."""
+    path), the fused blend op against its composition (CUDA only), and the AIBN torch path against
+    BatchNorm2d. Runs on CPU too (at small sizes, tested; the blend op row says it was skipped)."""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     ice = _ice_clustering(device, cluster_n, agreement_n)
-    return {"ok": ice["ok"], "device": device, "ice_clustering": ice,
+    try:
+        blend_op = _blend_op(device, 4 * reps, sync)
+    except Exception as e:  # keep the other measurements of the stage
+        blend_op = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+    return {"ok": ice["ok"] and blend_op.get("ok", True), "device": device, "ice_clustering": ice,
             "blend_training_step": _blend_steps(device, models, batch, image, reps, sync),
-            "aibn_torch_path": _aibn_torch_path(device, reps, sync)}
+            "blend_op": blend_op, "aibn_torch_path": _aibn_torch_path(device, reps, sync)}
 
 
 # ----------------------------------------------------------------------------- main

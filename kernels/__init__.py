@@ -9,6 +9,8 @@ Public entries (same contracts as ``timm_reid.layers.functional``, plus ``proces
 * :func:`tnorm` - TNorm statistics, conversion and ``mode="normalize"`` (ops
   ``timm_reid::tnorm_statistics``, ``timm_reid::tnorm_convert``, ``timm_reid::channel_scale``).
 * :func:`tnorm_fanout` - eval conversion of every sample to every camera in one launch.
+* :func:`blend` - ``BlendedAIBN``'s ``(1 - b) * base(x) + b * AIBN(x)`` (LayerNorm or BatchNorm base)
+  with one read of x per pass (ops ``timm_reid::blend_forward/backward``).
 * :func:`cross_camera_distance` - the IICS inter-camera distance ``1 - cos - mu * J * [cam_i !=
   cam_j]`` as one tiled kernel (op ``timm_reid::cross_camera_distance``); :func:`weighted_jaccard`.
 
@@ -18,6 +20,7 @@ Modules, one op each with its kernels, launcher and autograd (Liger-Kernel's lay
   ``_apply`` the per-channel affine pass, ``_segment_norm`` the segmented normalization op that
   AIBN and TNorm ``mode="normalize"`` share (forward, backward kernels, autograd),
   ``_distributed`` its ``process_group`` path, ``_aibn`` and ``_tnorm`` the entries above,
+  ``_blend`` the blended norm (its kernels, op and entry),
   ``jaccard`` the pairwise distance, ``_utils`` layouts, launch plans and op registration,
   ``_contract`` mode names and TNorm's mode dispatch (no triton; the layers import it too).
 
@@ -33,10 +36,11 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["aibn", "cross_camera_distance", "tnorm", "tnorm_fanout", "weighted_jaccard"]
+__all__ = ["aibn", "blend", "cross_camera_distance", "tnorm", "tnorm_fanout", "weighted_jaccard"]
 
 _ENTRIES = {
     "aibn": "._aibn",
+    "blend": "._blend",
     "tnorm": "._tnorm",
     "tnorm_fanout": "._tnorm",
     "cross_camera_distance": ".jaccard",

@@ -89,6 +89,7 @@ def test_paths_stage_runs_on_cpu_at_small_sizes():
     step = report["blend_training_step"]["resnet18"]
     assert step["unpatched_ms"] > 0 and step["blend_reference_ms"] > 0 and "blend_triton_ms" not in step
     assert report["aibn_torch_path"]["aibn_torch_over_batchnorm2d"] > 0
+    assert "CUDA" in report["blend_op"]["skipped"]  # the fused blend op is timed on a GPU only
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")

@@ -50,6 +50,19 @@ class BlendedAIBN(AIBN):
         self.blend = nn.Parameter(torch.full((1,), float(blend_init)))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.process_group is None and layer_backend(self, x) == "triton":
+            # The fused Triton op (timm_reid.kernels.blend); a process group takes the composition below.
+            from .backend import triton_ops
+
+            reference.check_input(x, self.num_features, self.channels_last, f"BlendedAIBN({self.num_features})")
+            update = self.training and not inside_backward()
+            return triton_ops().blend(
+                x, self.weight, self.bias, self.gate, self.blend,
+                self.running_mean if update or not self.training else None,
+                self.running_var if update or not self.training else None,
+                base=self.base, training=self.training, momentum=self.momentum, eps=self.eps, mix=self.mix,
+                channels_last=self.channels_last,
+            )
         if self._fused(x):
             return self._fused_forward(x)
         adaptive = super().forward(x)
